@@ -1,0 +1,40 @@
+"""Repository-level promises: CI runs the README's test command, every package is complete."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("data", "models", "train", "eval")
+
+
+def _nox_commands(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if re.match(r"^\s*nox( |$)", line)]
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    ci = _nox_commands((REPO / ".ci" / "run").read_text())
+    assert len(ci) == 1, f".ci/run should call nox once, found {ci}"
+    readme = (REPO / "README.md").read_text()
+    assert ci[0] in _nox_commands(readme), f"README does not show {ci[0]!r}"
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_package_has_metadata_docs_and_marker(name: str) -> None:
+    folder = REPO / "packages" / f"virtex-{name}"
+    project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+    assert project["name"] == f"virtex-{name}"
+    assert project["version"] == "0.1.0"
+    for required in ("README.md", "CHANGELOG.md", f"src/virtex_{name}/py.typed"):
+        assert (folder / required).exists(), f"virtex-{name} lacks {required}"
+    init = (folder / "src" / f"virtex_{name}" / "__init__.py").read_text()
+    assert '__version__ = "0.1.0"' in init
+
+
+def test_constraints_pin_the_tested_torch() -> None:
+    pins = (REPO / "constraints.txt").read_text()
+    assert "torch==2.14.1" in pins and "torchvision==0.29.1" in pins
