@@ -1,6 +1,9 @@
-"""The ``virtex-data`` command line."""
+"""The ``virtex-data`` command line: ``build-vocab``, ``build-lmdb``, ``synth``, ``inspect``."""
 
 from __future__ import annotations
+
+import time
+from pathlib import Path
 
 import click
 
@@ -11,3 +14,106 @@ from virtex_data import __version__
 @click.version_option(__version__, prog_name="virtex-data")
 def main() -> None:
     """Prepare data for VirTex: vocabularies, LMDB files, the built-in captioned dataset."""
+
+
+@main.command("build-vocab")
+@click.option(
+    "--captions",
+    "caption_files",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Caption file: COCO captions JSON, JSONL or CSV (image, caption). Repeatable.",
+)
+@click.option("--vocab-size", default=10000, show_default=True, help="Size, specials included.")
+@click.option("--min-frequency", default=2, show_default=True, help="Minimum count of a merge.")
+@click.option(
+    "--legacy-layout",
+    is_flag=True,
+    help="Original VirTex special ids (pad = unk = 0, sos 1, eos 2, mask 3).",
+)
+@click.option(
+    "--output", required=True, type=click.Path(dir_okay=False), help="Tokenizer JSON to write."
+)
+def build_vocab(
+    caption_files: tuple[str, ...],
+    vocab_size: int,
+    min_frequency: int,
+    legacy_layout: bool,
+    output: str,
+) -> None:
+    """Train a BPE vocabulary on captions and save it as one JSON file.
+
+    Example: virtex-data build-vocab --captions annotations/captions_train2017.json
+    --vocab-size 10000 --output tokenizer.json
+    """
+    from virtex_data.sources import read_captions
+    from virtex_data.special_tokens import SpecialTokens
+    from virtex_data.tokenizer import CaptionTokenizer
+
+    captions: list[str] = []
+    for path in caption_files:
+        for image in read_captions(path).images:
+            captions.extend(image.captions)
+    if not captions:
+        raise click.ClickException("no captions found in " + ", ".join(caption_files))
+    start = time.perf_counter()
+    special = SpecialTokens.legacy() if legacy_layout else SpecialTokens()
+    tokenizer = CaptionTokenizer.train(
+        captions, vocab_size, special=special, min_frequency=min_frequency, show_progress=True
+    )
+    seconds = time.perf_counter() - start
+    tokenizer.save(output)
+    click.echo(
+        f"trained BPE on {len(captions)} captions in {seconds:.1f} s: vocab {tokenizer.vocab_size}"
+        f", special {tokenizer.special.as_dict()}, sha256 {tokenizer.sha256[:12]} -> {output}"
+    )
+    if tokenizer.vocab_size < vocab_size:
+        click.echo(f"note: the corpus supports only {tokenizer.vocab_size} tokens", err=True)
+
+
+def _ensure_parent(path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+@main.command("synth")
+@click.argument("outdir", type=click.Path(file_okay=False))
+@click.option("--train", default=20000, show_default=True, help="Number of training images.")
+@click.option("--val", default=2000, show_default=True, help="Number of validation images.")
+@click.option("--size", default=64, show_default=True, help="Image side in pixels.")
+@click.option("--seed", default=0, show_default=True, help="The dataset is a function of it.")
+@click.option("--workers", default=None, type=int, help="Processes (default: all cores).")
+@click.option(
+    "--format",
+    "image_format",
+    type=click.Choice(["png", "jpeg"]),
+    default="png",
+    show_default=True,
+    help="Image file format.",
+)
+def synth(
+    outdir: str, train: int, val: int, size: int, seed: int, workers: int | None, image_format: str
+) -> None:
+    """Generate the built-in captioned dataset of shapes into OUTDIR.
+
+    Writes train/ and val/ images and annotations/{captions,instances,attributes}_{train,val}.json
+    (COCO captions, COCO instances with polygons, per-image probe labels).
+
+    Example: virtex-data synth data/synth --train 20000 --val 2000 --size 64
+    """
+    from virtex_data.synth import generate
+
+    start = time.perf_counter()
+    counts = generate(
+        outdir,
+        train=train,
+        val=val,
+        size=size,
+        seed=seed,
+        workers=workers,
+        image_format=image_format,
+    )
+    click.echo(
+        f"wrote {counts['train']} train and {counts['val']} val images of {size} px to {outdir} "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
