@@ -117,3 +117,104 @@ def synth(
         f"wrote {counts['train']} train and {counts['val']} val images of {size} px to {outdir} "
         f"in {time.perf_counter() - start:.1f} s"
     )
+
+
+@main.command("build-lmdb")
+@click.option(
+    "--captions",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="COCO captions JSON, or JSONL/CSV with image and caption fields.",
+)
+@click.option(
+    "--images",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder the image paths of the caption file are relative to.",
+)
+@click.option("--output", required=True, type=click.Path(), help="LMDB file to create.")
+@click.option("--workers", default=1, show_default=True, help="Image reading processes.")
+@click.option(
+    "--max-side", default=None, type=int, help="Downscale images whose longer side exceeds it."
+)
+@click.option("--strict", is_flag=True, help="Fail on the first bad input instead of skipping.")
+@click.option(
+    "--tokenizer",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Tokenizer JSON whose hash the manifest records.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def build_lmdb_command(
+    captions: str,
+    images: str,
+    output: str,
+    workers: int,
+    max_side: int | None,
+    strict: bool,
+    tokenizer: str | None,
+    overwrite: bool,
+) -> None:
+    """Convert a caption file and its images into one LMDB file.
+
+    Bad inputs (missing, corrupt or truncated images, images without captions) are skipped and
+    listed in the manifest; --strict stops at the first. Grayscale, CMYK, RGBA and 16-bit images
+    are converted to RGB.
+
+    Example: virtex-data build-lmdb --captions annotations/captions_train2017.json
+    --images train2017 --output coco_train2017.lmdb --workers 8 --max-side 640
+    """
+    from virtex_data.lmdb_writer import BuildError, build_lmdb
+    from virtex_data.tokenizer import CaptionTokenizer
+
+    sha = CaptionTokenizer.from_file(tokenizer).sha256 if tokenizer else None
+    start = time.perf_counter()
+    try:
+        manifest = build_lmdb(
+            captions,
+            images,
+            output,
+            workers=workers,
+            max_side=max_side,
+            strict=strict,
+            tokenizer_sha256=sha,
+            overwrite=overwrite,
+        )
+    except (BuildError, FileExistsError, ValueError) as error:
+        raise click.ClickException(str(error)) from error
+    seconds = time.perf_counter() - start
+    click.echo(
+        f"wrote {manifest.count} records to {output} in {seconds:.1f} s; skipped "
+        f"{len(manifest.skipped)}, converted {manifest.converted or 0}, resized {manifest.resized}"
+    )
+    for entry in manifest.skipped[:20]:
+        click.echo(f"  skipped image {entry['image_id']} ({entry['file']}): {entry['reason']}")
+    if manifest.unknown_image_ids:
+        click.echo(f"  {len(manifest.unknown_image_ids)} caption(s) name unknown image ids")
+
+
+@main.command("inspect")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--records", default=3, show_default=True, help="How many records to print.")
+def inspect_command(path: str, records: int) -> None:
+    """Print the manifest of an LMDB file and its first few records."""
+    from virtex_data.lmdb_reader import LmdbFormatError, LmdbReader
+
+    try:
+        reader = LmdbReader(path)
+    except LmdbFormatError as error:
+        raise click.ClickException(str(error)) from error
+    manifest = dict(reader.manifest.__dict__)
+    ids = manifest.pop("image_ids")
+    click.echo(f"{path}: {reader.manifest.count} records")
+    for key, value in manifest.items():
+        click.echo(f"  {key}: {value}")
+    click.echo(f"  image_ids: {ids[:10]}{' ...' if len(ids) > 10 else ''}")
+    for index in range(min(records, len(reader))):
+        record = reader[index]
+        click.echo(
+            f"[{index}] id {record.image_id} {record.file_name} {record.format} "
+            f"{record.width}x{record.height} {len(record.image)} bytes"
+        )
+        for caption in record.captions:
+            click.echo(f"      {caption}")

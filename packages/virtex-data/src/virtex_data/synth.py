@@ -424,7 +424,10 @@ def generate(
             results = [
                 _make_one(j) for j in tqdm(jobs, desc=f"synth {split}", disable=not progress)
             ]
-        images, captions, instances, probes = [], [], [], []
+        images: list[dict[str, Any]] = []
+        captions: list[dict[str, Any]] = []
+        instances: list[dict[str, Any]] = []
+        probes: list[dict[str, Any]] = []
         for record in results:
             images.append(
                 {
