@@ -45,8 +45,20 @@ def _shared(path: Path, readahead: bool, resolved: str | None = None) -> lmdb.En
     key = (resolved or str(path.resolve()), os.getpid())
     env = _ENVIRONMENTS.get(key)
     if env is None:
+        _drop_inherited(key[0])
         env = _ENVIRONMENTS[key] = _open(path, readahead)
     return env
+
+
+def _drop_inherited(resolved: str) -> None:
+    """Close handles of this file inherited through fork (never used, only closed).
+
+    py-lmdb refuses to open a file that is open "in this process", and a forked DataLoader
+    worker inherits its parent's handle. With ``lock=False`` and read-only, closing it in the
+    child only unmaps the child's copy; the parent's handle is unaffected.
+    """
+    for key in [k for k in _ENVIRONMENTS if k[0] == resolved and k[1] != os.getpid()]:
+        _ENVIRONMENTS.pop(key).close()
 
 
 def _release(path: Path) -> None:

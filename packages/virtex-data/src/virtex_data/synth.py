@@ -280,8 +280,10 @@ def describe(scene: Scene, rng: random.Random, count: int = 5) -> list[str]:
         )
         leftmost = scene.leftmost()
         templates.append(f"the leftmost shape is {_phrase(leftmost, rng, False)}")
-    # Position of every object.
-    located = [f"{_phrase(o, rng)} {_location(o, scene.size)}" for o in objects]
+    # Position of up to two objects (keeps captions under ~25 words).
+    located = [
+        f"{_phrase(o, rng)} {_location(o, scene.size)}" for o in rng.sample(objects, min(n, 2))
+    ]
     templates.append(_join(located))
     # Counts per colour.
     colours = Counter(o.colour for o in objects)
