@@ -84,7 +84,8 @@ def test_attributes_match_the_pixels(synth_root: Path) -> None:
 
 _NUMBER = {"one": 1, "two": 2, "three": 3, "four": 4}
 _RELATION = re.compile(
-    r"an? (?:\w+ )?(\w+) (\w+) (to the left of|to the right of|above|below) an? (?:\w+ )?(\w+) (\w+)"
+    r"an? (?:\w+ )?(\w+) (\w+) (to the left of|to the right of|above|below) "
+    r"an? (?:\w+ )?(\w+) (\w+)"
 )
 
 
@@ -113,7 +114,7 @@ def test_captions_are_true_to_the_scene(synth_root: Path) -> None:
                 b = [o for o in found if (o["colour"], o["shape"]) == (colour_b, shape_b)]
                 assert a and b, text
 
-                def holds(p: dict, q: dict) -> bool:  # type: ignore[type-arg]
+                def holds(p: dict, q: dict, relation: str = relation) -> bool:  # type: ignore[type-arg]
                     dx, dy = q["cx"] - p["cx"], q["cy"] - p["cy"]
                     horizontal = abs(dx) >= abs(dy)
                     return {
