@@ -304,3 +304,15 @@ def test_cli_build_lmdb_and_inspect(tmp_path: Path) -> None:
     )
     assert strict.exit_code != 0
     assert "unknown image ids" in strict.output
+
+
+def test_reader_uses_its_readahead_setting(bad_lmdb: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "ra.lmdb"
+    copy.write_bytes(bad_lmdb.read_bytes())
+    reader = LmdbReader(copy, readahead=True)
+    reader[0]
+    assert reader._environment().flags()["readahead"] is True
+    reader.close()
+    other = LmdbReader(copy, readahead=False)
+    other[0]
+    assert other._environment().flags()["readahead"] is False

@@ -97,8 +97,18 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
             format version, or another caption normalisation version.
     """
     source = Path(path)
-    with _shared(source, readahead=False).begin() as txn:
-        data = txn.get(MANIFEST_KEY)
+    key = (str(source.resolve()), os.getpid())
+    if key in _ENVIRONMENTS:
+        with _ENVIRONMENTS[key].begin() as txn:
+            data = txn.get(MANIFEST_KEY)
+    else:  # a short-lived handle: the reader opens its own, with its readahead, when it reads
+        _drop_inherited(key[0])
+        env = _open(source, readahead=False)
+        try:
+            with env.begin() as txn:
+                data = txn.get(MANIFEST_KEY)
+        finally:
+            env.close()
     if data is None:
         raise LmdbFormatError(
             f"{source}: no manifest record: the file is incomplete or still being written"
