@@ -177,6 +177,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1200, help="JPEGs to make")
     parser.add_argument("--samples", type=int, default=384, help="samples per pipeline run")
     parser.add_argument("--workdir", default=None, help="folder on a real disk (not tmpfs)")
+    parser.add_argument("--repeats", type=int, default=2, help="pipeline runs per cell (best)")
     parser.add_argument("--tokenizer", action="store_true", help="also time BPE training")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -239,24 +240,26 @@ def main() -> None:
         rows,
     )
 
-    # 2. full pipeline
+    # 2. full pipeline (folder and LMDB interleaved, best of --repeats: the machine is shared)
     rows = []
     for state in ("warm", "cold"):
         for workers in (0, 1, 2):
-            rates = {}
-            for name in ("folder", "lmdb"):
-                if name == "folder":
-                    reader: object = FolderReader(folder, names, captions)
-                else:
-                    reader = LmdbReader(out)
-                dataset = CaptioningDataset(reader, tokenizer, TrainTransform(config))  # type: ignore[arg-type]
-                if state == "cold":
-                    drop_from_cache([*files, out])
-                else:
-                    warm_cache([*files, out])
-                rates[name] = pipeline_rate(dataset, workers, args.samples, seed=workers)
-                if isinstance(reader, LmdbReader):
-                    reader.close()
+            rates = {"folder": 0.0, "lmdb": 0.0}
+            for repeat in range(args.repeats):
+                for name in ("folder", "lmdb"):
+                    if name == "folder":
+                        reader: object = FolderReader(folder, names, captions)
+                    else:
+                        reader = LmdbReader(out)
+                    dataset = CaptioningDataset(reader, tokenizer, TrainTransform(config))  # type: ignore[arg-type]
+                    if state == "cold":
+                        drop_from_cache([*files, out])
+                    else:
+                        warm_cache([*files, out])
+                    rate = pipeline_rate(dataset, workers, args.samples, seed=workers + repeat)
+                    rates[name] = max(rates[name], rate)
+                    if isinstance(reader, LmdbReader):
+                        reader.close()
             rows.append(
                 [
                     state,
@@ -273,52 +276,58 @@ def main() -> None:
         rows,
     )
 
-    # 3. decoding
-    datas = [f.read_bytes() for f in files[:60]]
+    # 3. decoding (full and reduced interleaved, best of 3)
+    datas = [f.read_bytes() for f in files[:40]]
     big = io.BytesIO()
     Image.open(io.BytesIO(datas[0])).resize((1280, 960)).save(big, format="JPEG", quality=90)
+
+    def decode_only(data: bytes, reduced: bool) -> None:
+        decode_rgb(data, (224, 224) if reduced else None)
+
+    def shorter_side(data: bytes, reduced: bool) -> None:
+        image = decode_rgb(data, (224, 224) if reduced else None)
+        scale = 224 / min(image.size)
+        size = (round(image.width * scale), round(image.height * scale))
+        image.resize(size, Image.Resampling.BILINEAR)
+
+    crops = {
+        reduced: TrainTransform(
+            TransformConfig(reduced_decode=reduced, color_jitter=None, hflip=0.0)
+        )
+        for reduced in (False, True)
+    }
+
+    def random_crop(data: bytes, reduced: bool) -> None:
+        crops[reduced](data, "")
+
     rows = []
-    for label, sample in (("640x480", datas), ("1280x960", [big.getvalue()] * 30)):
-        times = {}
-        for mode in ("full", "reduced"):
-            start = time.perf_counter()
-            for data in sample:
-                image = decode_rgb(data, None if mode == "full" else (224, 224))
-                scale = 224 / min(image.size)
-                image.resize(
-                    (round(image.width * scale), round(image.height * scale)),
-                    Image.Resampling.BILINEAR,
-                )
-            times[mode] = (time.perf_counter() - start) / len(sample) * 1000
-        rows.append(
-            [
-                label,
-                "shorter side to 224",
-                f"{times['full']:.2f}",
-                f"{times['reduced']:.2f}",
-                f"{times['full'] / times['reduced']:.2f}",
-            ]
-        )
-        for mode in ("full", "reduced"):
-            transform = TrainTransform(
-                TransformConfig(reduced_decode=mode == "reduced", color_jitter=None, hflip=0.0)
+    operations = (
+        ("decode only (draft to >= 224)", decode_only),
+        ("decode + shorter side to 224", shorter_side),
+        ("random resized crop 224 (covering)", random_crop),
+    )
+    for label, sample in (("640x480", datas), ("1280x960", [big.getvalue()] * 20)):
+        for operation, run in operations:
+            best = {False: float("inf"), True: float("inf")}
+            for repeat in range(3):
+                for reduced in (False, True):
+                    torch.manual_seed(repeat)
+                    start = time.perf_counter()
+                    for data in sample:
+                        run(data, reduced)
+                    elapsed = (time.perf_counter() - start) / len(sample) * 1000
+                    best[reduced] = min(best[reduced], elapsed)
+            rows.append(
+                [
+                    label,
+                    operation,
+                    f"{best[False]:.2f}",
+                    f"{best[True]:.2f}",
+                    f"{best[False] / best[True]:.2f}",
+                ]
             )
-            torch.manual_seed(0)
-            start = time.perf_counter()
-            for data in sample:
-                transform(data, "")
-            times[mode] = (time.perf_counter() - start) / len(sample) * 1000
-        rows.append(
-            [
-                label,
-                "random resized crop 224",
-                f"{times['full']:.2f}",
-                f"{times['reduced']:.2f}",
-                f"{times['full'] / times['reduced']:.2f}",
-            ]
-        )
     table(
-        "Decode to a 224 px crop (ms/image)",
+        "Decode to 224 px (ms/image, best of 3)",
         ["image", "operation", "full decode", "reduced decode", "speed-up"],
         rows,
     )

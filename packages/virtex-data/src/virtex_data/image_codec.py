@@ -89,6 +89,12 @@ def prepare_image(path: str | os.PathLike[str], max_side: int | None = None) -> 
         image = Image.open(io.BytesIO(raw))
         source_format = (image.format or "").upper()
         mode = image.mode
+        width, height = image.size  # from the header, before any draft
+        big = max_side is not None and max(image.size) > max_side
+        if source_format == "JPEG" and mode == "RGB" and not big:
+            # Stored as is: validating needs the whole entropy-coded stream parsed, not the
+            # full-size pixels. A 1/8-scale decode does that (truncation still raises) ~3x faster.
+            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
         image.load()
     except UnidentifiedImageError:
         raise SkippedImage("not a recognised image (corrupt or wrong format)") from None
@@ -105,7 +111,7 @@ def prepare_image(path: str | os.PathLike[str], max_side: int | None = None) -> 
         keep_bytes, resized = False, True
     if keep_bytes:
         fmt = "jpeg" if source_format == "JPEG" else "png"
-        return PreparedImage(raw, fmt, image.width, image.height, None, False)
+        return PreparedImage(raw, fmt, width, height, None, False)
     rgb = to_rgb(image)
     out = io.BytesIO()
     if source_format == "JPEG" or resized:
