@@ -36,7 +36,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from virtex_data.datasets import CaptioningDataset
-from virtex_data.image_codec import decode_rgb
+from virtex_data.image_codec import decode_rgb, prepare_image
 from virtex_data.lmdb_format import ImageRecord
 from virtex_data.lmdb_reader import LmdbReader
 from virtex_data.lmdb_writer import build_lmdb
@@ -179,6 +179,11 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="folder on a real disk (not tmpfs)")
     parser.add_argument("--repeats", type=int, default=2, help="pipeline runs per cell (best)")
     parser.add_argument("--tokenizer", action="store_true", help="also time BPE training")
+    parser.add_argument(
+        "--sections",
+        default="reads,pipeline,decode,maxside",
+        help="comma-separated subset of reads,pipeline,decode,maxside",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="virtex-bench-", dir=os.getcwd()))
@@ -217,7 +222,22 @@ def main() -> None:
     tokenizer = CaptionTokenizer.train([c for cs in captions for c in cs], 1000)
     config = TransformConfig(image_size=224)
 
-    # 1. raw reads
+    sections = set(args.sections.split(","))
+    if "reads" in sections:
+        bench_reads(files, out)
+    if "pipeline" in sections:
+        bench_pipeline(args, folder, names, captions, files, out, tokenizer, config)
+    if "decode" in sections:
+        bench_decode(files)
+    if "maxside" in sections:
+        bench_max_side(files)
+    if args.tokenizer:
+        bench_tokenizer()
+    print(f"\nfiles kept in {workdir} (delete when done)")
+
+
+def bench_reads(files: list[Path], out: Path) -> None:
+    """1. raw random reads, cold and warm."""
     rows = []
     for state in ("cold", "warm"):
         rates: dict[str, float] = {}
@@ -235,12 +255,23 @@ def main() -> None:
         for name, rate in rates.items():
             rows.append([state, name, f"{rate:,.0f}", f"{rate / rates['files']:.2f}"])
     table(
-        "Raw random reads of ~100 KB values (records/s)",
+        "Raw random reads of ~160 KB values (records/s)",
         ["cache", "source", "reads/s", "vs files"],
         rows,
     )
 
-    # 2. full pipeline (folder and LMDB interleaved, best of --repeats: the machine is shared)
+
+def bench_pipeline(
+    args: argparse.Namespace,
+    folder: Path,
+    names: list[str],
+    captions: list[list[str]],
+    files: list[Path],
+    out: Path,
+    tokenizer: CaptionTokenizer,
+    config: TransformConfig,
+) -> None:
+    """2. full pipeline (folder and LMDB interleaved, best of --repeats: the machine is shared)."""
     rows = []
     for state in ("warm", "cold"):
         for workers in (0, 1, 2):
@@ -276,13 +307,15 @@ def main() -> None:
         rows,
     )
 
-    # 3. decoding (full and reduced interleaved, best of 3)
+
+def bench_decode(files: list[Path]) -> None:
+    """3. decoding (full and reduced interleaved, best of 3)."""
     datas = [f.read_bytes() for f in files[:40]]
     big = io.BytesIO()
     Image.open(io.BytesIO(datas[0])).resize((1280, 960)).save(big, format="JPEG", quality=90)
 
     def decode_only(data: bytes, reduced: bool) -> None:
-        decode_rgb(data, (224, 224) if reduced else None)
+        decode_rgb(data, (224, 224) if reduced else None).load()
 
     def shorter_side(data: bytes, reduced: bool) -> None:
         image = decode_rgb(data, (224, 224) if reduced else None)
@@ -332,9 +365,30 @@ def main() -> None:
         rows,
     )
 
-    if args.tokenizer:
-        bench_tokenizer()
-    print(f"\nfiles kept in {workdir} (delete when done)")
+
+def bench_max_side(files: list[Path]) -> None:
+    """4. what ``--max-side`` buys: record size, write cost, training-transform time."""
+    sample = files[:40]
+    transform = TrainTransform(TransformConfig(color_jitter=None))
+    rows = []
+    for max_side in (None, 512, 320):
+        start = time.perf_counter()
+        prepared = [prepare_image(f, max_side) for f in sample]
+        write_ms = (time.perf_counter() - start) / len(sample) * 1000
+        best = float("inf")
+        for repeat in range(3):
+            torch.manual_seed(repeat)
+            start = time.perf_counter()
+            for p in prepared:
+                transform(p.data, "")
+            best = min(best, (time.perf_counter() - start) / len(sample) * 1000)
+        size = statistics.mean(len(p.data) for p in prepared) / 1024
+        rows.append([str(max_side), f"{size:.0f}", f"{write_ms:.1f}", f"{best:.2f}"])
+    table(
+        "--max-side on 640x480 JPEGs (per image)",
+        ["max side", "record KB", "prepare ms", "crop 224 ms"],
+        rows,
+    )
 
 
 if __name__ == "__main__":
