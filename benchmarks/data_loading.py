@@ -13,7 +13,7 @@ LMDB file (``virtex_data.lmdb_writer.build_lmdb``), and measures, in the same ru
 
 Ratios are against the folder pipeline (1, 2) and full decoding (3) measured in this run.
 
-    PYTHONPATH=packages/virtex-data/src python benchmarks/data_loading.py            # ~3 min
+    PYTHONPATH=packages/virtex-data/src python benchmarks/data_loading.py            # ~5 min
     PYTHONPATH=packages/virtex-data/src python benchmarks/data_loading.py --tokenizer
 """
 
@@ -24,6 +24,7 @@ import io
 import json
 import os
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -81,6 +82,21 @@ class FolderReader:
         return ImageRecord(
             index, self.names[index], data, "jpeg", WIDTH, HEIGHT, self.captions[index]
         )
+
+
+def _filesystem(path: Path) -> str:
+    """Type of the file system holding ``path`` (Linux ``/proc/mounts``; "" if unknown)."""
+    try:
+        mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return ""
+    best, kind = "", ""
+    resolved = str(path.resolve())
+    for fields in mounts:
+        point = fields[1]
+        if resolved.startswith(point) and len(point) > len(best):
+            best, kind = point, fields[2]
+    return kind
 
 
 def drop_from_cache(paths: list[Path]) -> None:
@@ -179,6 +195,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="folder on a real disk (not tmpfs)")
     parser.add_argument("--repeats", type=int, default=2, help="pipeline runs per cell (best)")
     parser.add_argument("--tokenizer", action="store_true", help="also time BPE training")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary workdir")
     parser.add_argument(
         "--sections",
         default="reads,pipeline,decode,maxside",
@@ -186,7 +203,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="virtex-bench-", dir=os.getcwd()))
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="virtex-bench-"))
+    if _filesystem(workdir) in ("tmpfs", "ramfs"):
+        print(
+            f"warning: {workdir} is on {_filesystem(workdir)}: 'cold' reads will be warm; "
+            "pass --workdir on a disk"
+        )
     folder = workdir / "images"
     print(f"making {args.images} 640x480 JPEGs in {folder} ...", flush=True)
     names = sorted(p.name for p in folder.glob("*.jpg")) if folder.is_dir() else []
@@ -233,7 +255,10 @@ def main() -> None:
         bench_max_side(files)
     if args.tokenizer:
         bench_tokenizer()
-    print(f"\nfiles kept in {workdir} (delete when done)")
+    if args.workdir is None and not args.keep:
+        shutil.rmtree(workdir)
+    else:
+        print(f"\nfiles kept in {workdir} (delete when done)")
 
 
 def bench_reads(files: list[Path], out: Path) -> None:

@@ -47,6 +47,7 @@ def test_captioning_batch_is_sos_caption_eos_padded(
     synth_data: dict[str, Path], tokenizer: CaptionTokenizer
 ) -> None:
     dataset = build_dataset(_config(synth_data), "val", "captioning", tokenizer)
+    assert dataset.num_classes is None
     reader = LmdbReader(synth_data["val"])
     samples = [dataset[i] for i in range(4)]
     batch = dataset.collate(samples)
@@ -159,7 +160,7 @@ def test_multilabel_targets_come_from_coco_instances(
     synth_data: dict[str, Path], tokenizer: CaptionTokenizer
 ) -> None:
     dataset = build_dataset(_config(synth_data), "val", "multilabel", tokenizer)
-    assert dataset.num_classes == 6  # type: ignore[attr-defined]
+    assert dataset.num_classes == 6
     batch = dataset.collate([dataset[i] for i in range(len(dataset))])
     assert type(batch) is MultilabelBatch
     instances = json.loads(synth_data["val_instances"].read_text())

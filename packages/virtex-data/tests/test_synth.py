@@ -193,3 +193,27 @@ def test_synth_cli(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "train").glob("*.jpg"))) == 6
     assert Image.open(next((tmp_path / "val").glob("*.jpg"))).size == (24, 24)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools vs numpy 2
+def test_instances_load_in_pycocotools_and_masks_match_pixels(synth_root: Path) -> None:
+    """The COCO API (what detectron2 uses) rasterises each polygon onto its object's pixels."""
+    coco_module = pytest.importorskip("pycocotools.coco")
+    coco = coco_module.COCO(str(synth_root / "annotations" / "instances_val.json"))
+    assert len(coco.getCatIds()) == len(SHAPES)
+    for image_id in coco.getImgIds():
+        info = coco.loadImgs(image_id)[0]
+        pixels = np.asarray(Image.open(synth_root / "val" / info["file_name"]).convert("RGB"))
+        for annotation in coco.loadAnns(coco.getAnnIds(imgIds=image_id)):
+            mask = coco.annToMask(annotation).astype(bool)
+            assert abs(int(mask.sum()) - annotation["area"]) <= 0.5 * annotation["area"] + 6
+            ys, xs = np.nonzero(mask)
+            x, y, w, h = annotation["bbox"]
+            assert xs.min() >= np.floor(x) - 1 and xs.max() <= np.ceil(x + w) + 1
+            assert ys.min() >= np.floor(y) - 1 and ys.max() <= np.ceil(y + h) + 1
+            # most mask pixels have the colour found at the polygon's centre (the object's)
+            polygon = np.array(annotation["segmentation"][0]).reshape(-1, 2)
+            cx, cy = polygon.mean(0)
+            centre = pixels[int(cy), int(cx)].astype(int)
+            close = np.abs(pixels[mask].astype(int) - centre).max(-1) < 60
+            assert close.mean() >= 0.6

@@ -178,6 +178,8 @@ class CaptioningDataset(Dataset[Sample]):
         self.max_caption_length = max_caption_length
         self.random_caption = random_caption
         self.special = tokenizer.special
+        #: Number of categories of a ``multilabel`` dataset; ``None`` for the caption targets.
+        self.num_classes: int | None = None
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -328,10 +330,11 @@ class MultilabelDataset(CaptioningDataset):
             )
         self.num_classes = len(self.categories)
         self._labels = labels
+        self._num_classes = len(self.categories)
 
     def __getitem__(self, index: int) -> Sample:
         image_id, image, tokens = self._image_and_tokens(index)
-        target = torch.zeros(self.num_classes, dtype=torch.float32)
+        target = torch.zeros(self._num_classes, dtype=torch.float32)
         target[self._labels[image_id]] = 1.0
         return Sample(image_id, image, tokens, target)
 
