@@ -316,3 +316,35 @@ def test_reader_uses_its_readahead_setting(bad_lmdb: Path, tmp_path: Path) -> No
     other = LmdbReader(copy, readahead=False)
     other[0]
     assert other._environment().flags()["readahead"] is False
+
+
+def test_inspect_reports_a_file_still_being_written(tmp_path: Path) -> None:
+    env = lmdb.open(str(tmp_path / "x.lmdb.partial"), subdir=False)
+    env.close()
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "x.lmdb")])
+    assert result.exit_code != 0
+    assert "still being written" in result.output
+
+
+def test_jsonl_and_csv_sources_group_captions_per_image(tmp_path: Path) -> None:
+    images = tmp_path / "img"
+    images.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (images / name).write_bytes(_jpeg())
+    rows = [("a.jpg", "A cat"), ("b.jpg", "a dog"), ("a.jpg", 'a "quoted", cat')]
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text("".join(json.dumps({"image": i, "caption": c}) + "\n" for i, c in rows))
+    table = tmp_path / "pairs.csv"
+    table.write_text(
+        "image_id,image,caption\n"
+        + "".join(
+            f'{7 if i == "a.jpg" else 9},{i},"{c.replace(chr(34), chr(34) * 2)}"\n' for i, c in rows
+        )
+    )
+    for source, ids in ((jsonl, [0, 1]), (table, [7, 9])):
+        out = tmp_path / f"{source.suffix[1:]}.lmdb"
+        build_lmdb(source, images, out, progress=False)
+        reader = LmdbReader(out)
+        assert reader.image_ids == ids
+        assert reader[0].captions == ["a cat", 'a "quoted", cat']
+        assert reader[1].captions == ["a dog"]

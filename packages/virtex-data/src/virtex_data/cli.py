@@ -194,7 +194,7 @@ def build_lmdb_command(
 
 
 @main.command("inspect")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--records", default=3, show_default=True, help="How many records to print.")
 def inspect_command(path: str, records: int) -> None:
     """Print the manifest of an LMDB file and its first few records."""
@@ -202,7 +202,7 @@ def inspect_command(path: str, records: int) -> None:
 
     try:
         reader = LmdbReader(path)
-    except LmdbFormatError as error:
+    except (LmdbFormatError, FileNotFoundError) as error:
         raise click.ClickException(str(error)) from error
     manifest = dict(reader.manifest.__dict__)
     ids = manifest.pop("image_ids")
