@@ -187,8 +187,7 @@ def test_build_vocab_cli_reads_coco_jsonl_and_csv(tmp_path: Path) -> None:
     files = _write_sources(tmp_path)
     output = tmp_path / "tok.json"
     args = ["build-vocab", "--vocab-size", "90", "--output", str(output)]
-    for f in files:
-        args += ["--captions", str(f)]
+    args += ["--captions", str(files[0]), "--captions", str(files[1]), str(files[2])]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "300 captions" in result.output

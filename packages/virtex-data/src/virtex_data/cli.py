@@ -23,8 +23,10 @@ def main() -> None:
     multiple=True,
     required=True,
     type=click.Path(exists=True, dir_okay=False),
-    help="Caption file: COCO captions JSON, JSONL or CSV (image, caption). Repeatable.",
+    help="Caption file: COCO captions JSON, JSONL or CSV (image, caption). Repeatable; "
+    "further files may follow it (--captions a.json b.jsonl).",
 )
+@click.argument("more_files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 @click.option("--vocab-size", default=10000, show_default=True, help="Size, specials included.")
 @click.option("--min-frequency", default=2, show_default=True, help="Minimum count of a merge.")
 @click.option(
@@ -37,6 +39,7 @@ def main() -> None:
 )
 def build_vocab(
     caption_files: tuple[str, ...],
+    more_files: tuple[str, ...],
     vocab_size: int,
     min_frequency: int,
     legacy_layout: bool,
@@ -44,13 +47,16 @@ def build_vocab(
 ) -> None:
     """Train a BPE vocabulary on captions and save it as one JSON file.
 
-    Example: virtex-data build-vocab --captions annotations/captions_train2017.json
-    --vocab-size 10000 --output tokenizer.json
+    \b
+    Example:
+      virtex-data build-vocab --captions annotations/captions_train2017.json \\
+          --vocab-size 10000 --output tokenizer.json
     """
     from virtex_data.sources import read_captions
     from virtex_data.special_tokens import SpecialTokens
     from virtex_data.tokenizer import CaptionTokenizer
 
+    caption_files = caption_files + more_files
     captions: list[str] = []
     for path in caption_files:
         for image in read_captions(path).images:
@@ -99,7 +105,9 @@ def synth(
     Writes train/ and val/ images and annotations/{captions,instances,attributes}_{train,val}.json
     (COCO captions, COCO instances with polygons, per-image probe labels).
 
-    Example: virtex-data synth data/synth --train 20000 --val 2000 --size 64
+    \b
+    Example:
+      virtex-data synth data/synth --train 20000 --val 2000 --size 64
     """
     from virtex_data.synth import generate
 
@@ -161,8 +169,10 @@ def build_lmdb_command(
     listed in the manifest; --strict stops at the first. Grayscale, CMYK, RGBA and 16-bit images
     are converted to RGB.
 
-    Example: virtex-data build-lmdb --captions annotations/captions_train2017.json
-    --images train2017 --output coco_train2017.lmdb --workers 8 --max-side 640
+    \b
+    Example:
+      virtex-data build-lmdb --captions annotations/captions_train2017.json \\
+          --images train2017 --output coco_train2017.lmdb --workers 8
     """
     from virtex_data.lmdb_writer import BuildError, build_lmdb
     from virtex_data.tokenizer import CaptionTokenizer
@@ -197,7 +207,12 @@ def build_lmdb_command(
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--records", default=3, show_default=True, help="How many records to print.")
 def inspect_command(path: str, records: int) -> None:
-    """Print the manifest of an LMDB file and its first few records."""
+    """Print the manifest of an LMDB file and its first few records.
+
+    \b
+    Example:
+      virtex-data inspect coco_train2017.lmdb --records 3
+    """
     from virtex_data.lmdb_reader import LmdbFormatError, LmdbReader
 
     try:
