@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import click
 
@@ -76,10 +75,6 @@ def build_vocab(
     )
     if tokenizer.vocab_size < vocab_size:
         click.echo(f"note: the corpus supports only {tokenizer.vocab_size} tokens", err=True)
-
-
-def _ensure_parent(path: str) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
 @main.command("synth")
