@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -47,3 +53,31 @@ def random_captions(
         tokens[row, 1 : length - 1] = words
         tokens[row, length - 1] = eos
     return tokens, torch.tensor(lengths)
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    requests: list[str]
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet test output
+        pass
+
+    def do_GET(self) -> None:
+        type(self).requests.append(self.path)
+        super().do_GET()
+
+
+@contextlib.contextmanager
+def serve(directory: Path) -> Iterator[tuple[str, list[str]]]:
+    """An HTTP server on 127.0.0.1 serving ``directory``: ``(base_url, requested_paths)``."""
+    requests: list[str] = []
+    handler = type("Handler", (_Handler,), {"requests": requests})
+    factory = functools.partial(handler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), factory)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

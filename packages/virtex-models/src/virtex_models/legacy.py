@@ -40,6 +40,7 @@ from virtex_models.vocab import VocabSpec
 __all__ = [
     "convert_state_dict",
     "load_original",
+    "load_original_weights",
     "parse_textual_name",
     "parse_visual_name",
     "read_original_config",
@@ -231,18 +232,28 @@ def load_original(
         ValueError: unsupported names in the config, unknown keys, or shapes that do not match
             the config, naming the keys and the file.
     """
+    config = read_original_config(config_path)
+    spec = spec_from_original_config(config, source=str(config_path))
+    return load_original_weights(checkpoint_path, spec, map_location)
+
+
+def load_original_weights(
+    checkpoint_path: str | os.PathLike[str],
+    spec: ModelSpec,
+    map_location: str | torch.device = "cpu",
+) -> tuple[nn.Module, ModelSpec]:
+    """Build ``spec`` (from :func:`spec_from_original_config`) and load an original checkpoint.
+
+    ``num_classes`` of a multilabel objective is read from the checkpoint's classifier.
+    """
     name = str(checkpoint_path)
     checkpoint = torch.load(name, map_location=map_location, weights_only=True)
     if not isinstance(checkpoint, Mapping) or "model" not in checkpoint:
         raise ValueError(f"{name}: not an original VirTex checkpoint (no 'model' entry)")
     state = convert_state_dict(checkpoint["model"], name)
-    num_classes = None
-    if "textual.output.weight" in state:
-        num_classes = int(state["textual.output.weight"].shape[0])
-    config = read_original_config(config_path)
-    spec = spec_from_original_config(config, source=str(config_path))
-    if spec.config.kind == "multilabel_classification":
-        spec = ModelSpec(config=spec.config, vocab=spec.vocab, num_classes=num_classes)
+    if spec.config.kind == "multilabel_classification" and "textual.output.weight" in state:
+        classes = int(state["textual.output.weight"].shape[0])
+        spec = ModelSpec(config=spec.config, vocab=spec.vocab, num_classes=classes)
     model = spec.build()
     load_state_dict_checked(model, state, name)
     return model.eval(), spec
