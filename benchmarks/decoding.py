@@ -5,7 +5,7 @@ beam, re-projects it and re-runs the whole Transformer over the whole prefix. Ou
 image once per image, computes cross-attention keys/values once, and runs one token per step
 through a self-attention key/value cache. [EOS] is suppressed so that every step runs.
 
-    python benchmarks/decoding.py            # R-50/H1024 and R-18/H512, beam 5, 30 tokens
+    python benchmarks/decoding.py            # R-50/H1024 and R-18/H512, 8 images, beam 5, 30 tokens
     python benchmarks/decoding.py --quick    # 1 image, 10 tokens (a smoke test)
 
 Prints seconds per image (decoding only; the shared visual forward is reported apart) and the
@@ -115,7 +115,7 @@ def run_setting(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=2, help="images per run (default 2)")
+    parser.add_argument("--images", type=int, default=8, help="images per run (default 8)")
     parser.add_argument("--steps", type=int, default=30, help="tokens per caption (default 30)")
     parser.add_argument("--beams", type=int, default=5)
     parser.add_argument("--size", type=int, default=224, help="image side in pixels")
