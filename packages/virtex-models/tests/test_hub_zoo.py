@@ -110,6 +110,14 @@ def test_zoo_manifest_covers_the_published_ablations() -> None:
     assert spec.config.visual.name == "resnet50" and spec.vocab == VocabSpec.legacy(10000)
     wide = zoo.MANIFEST["backbone_ablations/bicaptioning_R_50W2X_L1_H1024"].spec()
     assert wide.config.visual.name == "wide_resnet50_2"
+    best = zoo.MANIFEST["width_ablations/bicaptioning_R_50_L1_H2048"].config
+    assert (best.kind, best.textual.width, best.textual.heads, best.textual.ffn) == (
+        "bicaptioning",
+        2048,
+        32,
+        8192,
+    )
+    assert best.decoder.mode == "legacy" and best.decoder.beam_size == 5
     assert (
         zoo.MANIFEST["task_ablations/captioning_R_50_L1_H2048"].spec().config.kind == "captioning"
     )

@@ -16,7 +16,7 @@ import torchvision
 from models_testing import Batch
 from torch import Tensor, nn
 
-from virtex_models import Captioning
+from virtex_models import Captioning, MultilabelClassification, TokenClassification
 from virtex_models.legacy import load_original, parse_textual_name, parse_visual_name
 
 V, H, A, F_, L, MAX_LEN = 40, 32, 4, 64, 2, 12
@@ -275,3 +275,32 @@ def test_name_parsers() -> None:
         parse_textual_name("transdec_postnorm::L1_H2048_A32_F8_X3", 0.1, 30)
     with pytest.raises(ValueError, match="not supported"):
         parse_visual_name("blind")
+
+
+@pytest.mark.parametrize(
+    ("name", "outputs", "cls"),
+    [("token_classification", V, TokenClassification), ("multilabel_classification", 81, None)],
+)
+def test_classification_checkpoints_load(
+    tmp_path: Path, name: str, outputs: int, cls: type | None
+) -> None:
+    torch.manual_seed(0)
+    visual = OriginalVisual()
+    head = nn.Linear(512, outputs)
+    state = {f"visual.{k}": v for k, v in visual.state_dict().items()}
+    state |= {f"textual.output.{k}": v for k, v in head.state_dict().items()}
+    torch.save({"model": state}, tmp_path / "c.pth")
+    (tmp_path / "base.yaml").write_text(CONFIG_BASE.format(V=V, MAX_LEN=MAX_LEN))
+    (tmp_path / "c.yaml").write_text(
+        f"_BASE_: base.yaml\nMODEL:\n  NAME: {name}\n  VISUAL:\n    NAME: torchvision::resnet18\n"
+        "  TEXTUAL:\n    NAME: none\n"
+    )
+    model, spec = load_original(tmp_path / "c.pth", tmp_path / "c.yaml")
+    if cls is None:
+        assert isinstance(model, MultilabelClassification) and spec.num_classes == 81
+    else:
+        assert isinstance(model, cls)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        pooled = visual.eval()(images).mean(dim=(2, 3))
+        torch.testing.assert_close(model.textual(model.visual(images)), head(pooled))

@@ -10,6 +10,7 @@ from virtex_models.config import ModelConfig
 from virtex_models.decoding import DecoderConfig
 from virtex_models.masked_lm import MaskedLM
 from virtex_models.multilabel import MultilabelClassification
+from virtex_models.pretrained import ModelSpec, load_objective
 from virtex_models.protocols import (
     IGNORE_INDEX,
     CaptionInputs,
@@ -39,6 +40,7 @@ __all__ = [
     "MaskedLM",
     "MaskedLMInputs",
     "ModelConfig",
+    "ModelSpec",
     "MultilabelClassification",
     "MultilabelInputs",
     "Objective",
@@ -54,4 +56,5 @@ __all__ = [
     "VisualConfig",
     "VocabSpec",
     "__version__",
+    "load_objective",
 ]

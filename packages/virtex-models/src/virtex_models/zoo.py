@@ -24,6 +24,7 @@ from pathlib import Path
 
 from torch import nn
 
+from virtex_models.config import ModelConfig
 from virtex_models.download import fetch
 from virtex_models.legacy import load_original_weights, spec_from_original_config
 from virtex_models.pretrained import ModelSpec
@@ -52,6 +53,11 @@ class ZooEntry:
     visual: str
     textual: str = "none"
     sha256: str | None = None
+
+    @property
+    def config(self) -> ModelConfig:
+        """Our architecture for this checkpoint."""
+        return self.spec().config
 
     def spec(self) -> ModelSpec:
         """Our spec for this checkpoint (``num_classes`` filled in when loading)."""
