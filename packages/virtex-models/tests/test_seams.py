@@ -35,11 +35,21 @@ def test_frozen_backbone_stays_in_eval_mode() -> None:
     assert not any(p.requires_grad for p in backbone.parameters())
 
 
-def test_decode_state_select_reorders_every_row() -> None:
-    state = DecodeState(memory=torch.arange(3.0).view(3, 1, 1), cache={"k": torch.arange(3)})
-    picked = state.select(torch.tensor([2, 2, 0]))
-    assert picked.memory.flatten().tolist() == [2.0, 2.0, 0.0]
-    assert picked.cache["k"].tolist() == [2, 2, 0]
+def test_decode_state_select_reorders_hypotheses_and_keeps_per_image_tensors() -> None:
+    memory = torch.arange(2.0).view(2, 1, 1)  # two images
+    state = DecodeState(memory=memory, cache={"k": torch.arange(4)}, beams=2, shared={"m": memory})
+    picked = state.select(torch.tensor([1, 1, 2, 3]))
+    assert picked.cache["k"].tolist() == [1, 1, 2, 3]
+    assert picked.memory is memory and picked.shared["m"] is memory
+    assert picked.beams == 2 and picked.hypotheses == 4
+    expanded = DecodeState(memory=memory, cache={"k": torch.arange(2)}).select(
+        torch.tensor([0, 0, 0, 1, 1, 1])
+    )
+    assert expanded.beams == 3 and expanded.cache["k"].tolist() == [0, 0, 0, 1, 1, 1]
+    with pytest.raises(ValueError, match="rows must be"):
+        state.select(torch.tensor([0, 1, 2]))
+    restarted = picked.restart(beams=5)
+    assert restarted.cache == {} and restarted.length == 0 and restarted.beams == 5
 
 
 def test_objective_output_defaults() -> None:

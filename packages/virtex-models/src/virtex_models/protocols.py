@@ -111,14 +111,19 @@ class VisualBackbone(Protocol):
 class DecodeState:
     """What a :class:`TextualHead` carries between incremental decoding steps.
 
-    Decoders treat it as opaque except for :meth:`select`, which reorders or expands the rows
-    (beam search keeps the surviving beams). Heads own the meaning of ``cache``.
+    Decoders treat it as opaque except for :meth:`select` (beam search keeps the surviving
+    beams) and :meth:`restart`. Heads own the meaning of ``cache`` and ``shared``.
+
+    Rows: a state decodes ``N = B * beams`` hypotheses, row ``i`` belonging to image
+    ``i // beams``. Per-image tensors (``memory``, ``shared``) have ``B`` rows and are never
+    copied per beam or per step; per-hypothesis tensors (``cache``) have ``N`` rows.
 
     Attributes:
-        memory: ``(N, S, D)`` projected visual features, computed once per image by ``start``;
-            ``N = B * beams``. Heads may keep it as an expanded view so that beams share storage.
-        cache: per-layer tensors (e.g. keys/values of self- and cross-attention), each with the
-            rows ``N`` in dimension 0.
+        memory: ``(B, S, D)`` projected visual features, computed once per image by ``start``.
+        cache: per-hypothesis tensors (e.g. self-attention keys/values of the tokens consumed so
+            far), each with the ``N`` rows in dimension 0; :meth:`select` reorders them.
+        shared: per-image tensors (e.g. cross-attention keys/values of ``memory``), ``B`` rows in
+            dimension 0, shared by the image's beams; :meth:`select` leaves them alone.
         length: number of tokens already consumed (the next token's position).
         beams: hypotheses per image.
     """
@@ -127,15 +132,36 @@ class DecodeState:
     cache: dict[str, Tensor] = field(default_factory=dict)
     length: int = 0
     beams: int = 1
+    shared: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def hypotheses(self) -> int:
+        """``N = B * beams``, the number of hypotheses."""
+        return int(self.memory.shape[0]) * self.beams
 
     def select(self, rows: Tensor) -> DecodeState:
-        """A state whose row ``i`` is row ``rows[i]`` of this one (``rows``: ``(N',)`` int64)."""
+        """A state whose hypothesis ``i`` is hypothesis ``rows[i]`` of this one.
+
+        Args:
+            rows: ``(N',)`` int64 with ``N' = B * beams'``; ``rows[i]`` must belong to image
+                ``i // beams'`` (beams never move between images), which keeps ``memory`` and
+                ``shared`` valid without copying them.
+        """
+        images = int(self.memory.shape[0])
+        if rows.dim() != 1 or rows.shape[0] % images:
+            raise ValueError(f"rows must be (B * beams,) with B={images}, got {tuple(rows.shape)}")
         return DecodeState(
-            memory=self.memory.index_select(0, rows),
+            memory=self.memory,
             cache={key: value.index_select(0, rows) for key, value in self.cache.items()},
             length=self.length,
-            beams=self.beams,
+            beams=int(rows.shape[0]) // images,
+            shared=self.shared,
         )
+
+    def restart(self, beams: int) -> DecodeState:
+        """A state that has consumed no token, with ``beams`` hypotheses per image, reusing the
+        per-image projections (``memory``, ``shared``) of this one."""
+        return DecodeState(memory=self.memory, cache={}, length=0, beams=beams, shared=self.shared)
 
 
 @runtime_checkable
@@ -148,7 +174,7 @@ class TextualHead(Protocol):
     masked out of attention.
 
     Decoding: ``start(visual, beams)`` projects the image features once and returns a
-    :class:`DecodeState` with ``B * beams`` rows; ``step(state, last_tokens)`` takes
+    :class:`DecodeState` with ``B * beams`` hypotheses; ``step(state, last_tokens)`` takes
     ``last_tokens (B * beams,)`` int64, appends them to the key/value cache and returns
     ``(logits (B * beams, V), new_state)`` for the next token.
 

@@ -1,36 +1,76 @@
-"""Visual backbones: a torchvision ResNet-family CNN up to its last feature grid."""
+"""Visual backbones: a torchvision ResNet-family CNN (or a timm CNN) up to its last feature grid."""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+import torch
 import torchvision
 from torch import Tensor, nn
 
-__all__ = ["TorchvisionBackbone", "VisualConfig"]
+__all__ = ["TimmBackbone", "TorchvisionBackbone", "VisualConfig", "timm_available"]
+
+
+def timm_available() -> bool:
+    """Whether the optional ``timm`` dependency is importable."""
+    return importlib.util.find_spec("timm") is not None
 
 
 @dataclass(kw_only=True, slots=True)
 class VisualConfig:
-    """How to build a :class:`TorchvisionBackbone`.
+    """How to build a visual backbone.
 
     Attributes:
-        kind: the model family; ``torchvision`` reads ``name`` from ``torchvision.models``.
+        kind: the model family; ``torchvision`` reads ``name`` from ``torchvision.models``,
+            ``timm`` from ``timm.create_model`` (optional dependency).
         name: a ResNet-family model of torchvision (``resnet50``, ``resnet101``,
-            ``wide_resnet50_2``, ``resnet18``, ...).
+            ``wide_resnet50_2``, ``resnet18``, ...) or any timm CNN name.
         frozen: stop gradients and keep BatchNorm in eval mode (feature extraction).
+        channels_last: keep the weights and convert inputs to ``torch.channels_last``
+            (faster convolutions on GPUs with tensor cores and on recent CPUs).
     """
 
-    kind: Literal["torchvision"] = "torchvision"
+    kind: Literal["torchvision", "timm"] = "torchvision"
     name: str = "resnet50"
     frozen: bool = False
+    channels_last: bool = False
 
-    def build(self) -> TorchvisionBackbone:
-        return TorchvisionBackbone(self.name, frozen=self.frozen)
+    def build(self) -> TorchvisionBackbone | TimmBackbone:
+        if self.kind == "timm":
+            return TimmBackbone(self.name, frozen=self.frozen, channels_last=self.channels_last)
+        return TorchvisionBackbone(self.name, frozen=self.frozen, channels_last=self.channels_last)
 
 
-class TorchvisionBackbone(nn.Module):
+class _Backbone(nn.Module):
+    """Shared behaviour: ``frozen`` and ``channels_last`` handling."""
+
+    frozen: bool
+    channels_last: bool
+
+    def _finish_init(self, frozen: bool, channels_last: bool) -> None:
+        self.frozen = frozen
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        if frozen:
+            self.requires_grad_(False)
+            self.eval()
+
+    def train(self, mode: bool = True) -> Any:
+        # A frozen backbone keeps its BatchNorm statistics whatever the caller asks.
+        return super().train(mode and not self.frozen)
+
+    def _prepare(self, images: Tensor) -> Tensor:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+
+class TorchvisionBackbone(_Backbone):
     """A torchvision ResNet without its pooling and classifier.
 
     The parameter names are torchvision's own (``conv1``, ``bn1``, ``layer1``..``layer4``) so a
@@ -39,11 +79,14 @@ class TorchvisionBackbone(nn.Module):
     Args:
         name: model name in ``torchvision.models`` (ResNet family: it must have ``layer4``).
         frozen: no gradients, BatchNorm statistics fixed (``train()`` keeps it in eval mode).
+        channels_last: weights and inputs in ``torch.channels_last`` memory format.
     """
 
     stride = 32
 
-    def __init__(self, name: str = "resnet50", frozen: bool = False) -> None:
+    def __init__(
+        self, name: str = "resnet50", frozen: bool = False, channels_last: bool = False
+    ) -> None:
         super().__init__()
         try:
             builder = getattr(torchvision.models, name)
@@ -53,7 +96,6 @@ class TorchvisionBackbone(nn.Module):
         if not hasattr(cnn, "layer4") or not hasattr(cnn, "fc"):
             raise ValueError(f"{name!r} is not a ResNet-family model (it has no layer4/fc)")
         self.name = name
-        self.frozen = frozen
         self.conv1 = cnn.conv1
         self.bn1 = cnn.bn1
         self.relu = cnn.relu
@@ -63,17 +105,11 @@ class TorchvisionBackbone(nn.Module):
         self.layer3 = cnn.layer3
         self.layer4 = cnn.layer4
         self.out_channels: int = int(cnn.fc.in_features)
-        if frozen:
-            self.requires_grad_(False)
-            self.eval()
-
-    def train(self, mode: bool = True) -> TorchvisionBackbone:
-        # A frozen backbone keeps its BatchNorm statistics whatever the caller asks.
-        return super().train(mode and not self.frozen)
+        self._finish_init(frozen, channels_last)
 
     def forward_stages(self, images: Tensor) -> list[Tensor]:
         """Feature grids after ``layer1``..``layer4``, each ``(B, C_i, H / s_i, W / s_i)``."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(self._prepare(images)))))
         stages = []
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = layer(x)
@@ -82,6 +118,46 @@ class TorchvisionBackbone(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` -> ``(B, out_channels, H / 32, W / 32)``."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         return self.forward_stages(images)[-1]
+
+
+class TimmBackbone(_Backbone):
+    """A timm CNN up to its last feature grid (``forward_features``); needs ``timm``.
+
+    The timm model lives under ``.model`` with timm's own parameter names, so timm state dicts
+    load into it directly.
+
+    Args:
+        name: a ``timm.create_model`` name of a CNN (e.g. ``resnet50``, ``resnet18d``,
+            ``convnext_atto``).
+        frozen: no gradients, BatchNorm statistics fixed.
+        channels_last: weights and inputs in ``torch.channels_last`` memory format.
+    """
+
+    def __init__(self, name: str, frozen: bool = False, channels_last: bool = False) -> None:
+        super().__init__()
+        if not timm_available():
+            raise ImportError(
+                "VisualConfig(kind='timm') needs timm: pip install 'virtex-models[timm]'"
+            )
+        import timm
+
+        try:
+            model = timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
+        except RuntimeError as error:  # timm raises RuntimeError for unknown names
+            raise ValueError(f"timm has no model named {name!r}: {error}") from None
+        info = getattr(model, "feature_info", None)
+        if not info:
+            raise ValueError(f"timm model {name!r} has no feature_info: not a CNN backbone")
+        self.name = name
+        self.model = model
+        self.out_channels: int = int(getattr(model, "num_features"))  # noqa: B009
+        self.stride: int = int(info[-1]["reduction"])
+        self._finish_init(frozen, channels_last)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` -> ``(B, out_channels, H / stride, W / stride)``."""
+        grid: Tensor = getattr(self.model, "forward_features")(self._prepare(images))  # noqa: B009
+        if grid.dim() != 4:
+            raise ValueError(f"timm model {self.name!r} returned {tuple(grid.shape)}, not a grid")
+        return grid

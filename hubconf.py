@@ -1,0 +1,46 @@
+"""torch.hub entry points of virtex (needs only torch and torchvision).
+
+    import torch
+    cnn = torch.hub.load("<repo or path>", "virtex_backbone", name="resnet50",
+                         weights="https://.../step_500000.pt", sha256="...")
+    model = torch.hub.load("<repo or path>", "virtex_captioning", weights="model.pt")
+
+The entry points are thin: they call :mod:`virtex_models.hub`, found in this repository's
+``packages/virtex-models/src`` when the package is not installed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+dependencies = ["torch", "torchvision"]
+
+_SOURCE = Path(__file__).resolve().parent / "packages" / "virtex-models" / "src"
+if _SOURCE.is_dir() and str(_SOURCE) not in sys.path:
+    sys.path.insert(0, str(_SOURCE))
+
+from virtex_models import hub as _hub  # noqa: E402
+
+
+def virtex_backbone(name: str = "resnet50", weights: str | None = None, **kwargs: Any) -> Any:
+    """A VirTex visual backbone (torchvision ResNet up to its last grid), in eval mode.
+
+    Args:
+        name: torchvision model name.
+        weights: path or URL of a virtex checkpoint, an original VirTex checkpoint or a
+            torchvision state dict; ``None`` for random weights.
+        **kwargs: ``sha256`` (expected digest), ``cache_dir``.
+    """
+    return _hub.backbone(name, weights, **kwargs)
+
+
+def virtex_captioning(weights: str, **kwargs: Any) -> Any:
+    """A full VirTex captioning model (backbone + decoder) from a self-contained checkpoint.
+
+    Args:
+        weights: path or URL of the checkpoint.
+        **kwargs: ``sha256`` (expected digest), ``cache_dir``.
+    """
+    return _hub.captioning(weights, **kwargs)

@@ -1,0 +1,141 @@
+"""``ModelConfig``: the dataclass that describes and builds an objective.
+
+Plain JSON-able dicts go in and out (:meth:`ModelConfig.to_dict` / :meth:`ModelConfig.from_dict`);
+an unknown key or a value of the wrong type is a ``ValueError`` naming its dotted path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from torch import nn
+
+from virtex_models.captioning import Captioning
+from virtex_models.decoding import DecoderConfig
+from virtex_models.masked_lm import MaskedLM
+from virtex_models.multilabel import MultilabelClassification
+from virtex_models.textual import TextualConfig, TransformerTextualHead
+from virtex_models.token_classification import TokenClassification
+from virtex_models.visual import VisualConfig
+from virtex_models.vocab import VocabSpec
+
+__all__ = ["ModelConfig", "ObjectiveKind"]
+
+ObjectiveKind = Literal[
+    "bicaptioning", "captioning", "masked_lm", "token_classification", "multilabel_classification"
+]
+
+
+@dataclass(kw_only=True, slots=True)
+class ModelConfig:
+    """An objective: its kind, visual backbone, textual head and default decoding.
+
+    Attributes:
+        kind: which objective :meth:`build` returns (``bicaptioning`` is VirTex's main model).
+        visual: the backbone.
+        textual: the Transformer head (ignored by the two classification kinds).
+        decoder: default decoding of captioning objectives.
+    """
+
+    kind: ObjectiveKind = "bicaptioning"
+    visual: VisualConfig = field(default_factory=VisualConfig)
+    textual: TextualConfig = field(default_factory=TextualConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain JSON-able dict that :meth:`from_dict` turns back into an equal config."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "model") -> ModelConfig:
+        """Strictly parse ``data``; missing keys take defaults.
+
+        Raises:
+            ValueError: an unknown key or a wrongly typed value, naming its path (e.g.
+                ``model.textual.widht``).
+        """
+        result = _from_dict(cls, data, where)
+        assert isinstance(result, ModelConfig)
+        return result
+
+    def build(self, vocab: VocabSpec, num_classes: int | None = None) -> nn.Module:
+        """The objective (an ``nn.Module`` satisfying the ``Objective`` Protocol).
+
+        Args:
+            vocab: vocabulary layout (``size`` sets the head's vocabulary).
+            num_classes: categories, required for ``multilabel_classification``.
+        """
+        visual = self.visual.build()
+        channels = visual.out_channels
+        if self.kind == "multilabel_classification":
+            if num_classes is None:
+                raise ValueError("ModelConfig.build: multilabel_classification needs num_classes")
+            return MultilabelClassification(visual, num_classes, channels)
+        if self.kind == "token_classification":
+            return TokenClassification(visual, vocab, channels)
+        head = TransformerTextualHead(self.textual, vocab.size, channels, vocab.pad)
+        if self.kind == "masked_lm":
+            return MaskedLM(visual, head, vocab)
+        return Captioning(
+            visual,
+            head,
+            vocab,
+            bidirectional=self.kind == "bicaptioning",
+            decoder=dataclasses.replace(self.decoder),
+        )
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ValueError(f"unknown key {where}.{unknown[0]} (known: {', '.join(sorted(fields))})")
+    values = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _from_dict(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ValueError(f"{where}={value!r} is not one of {typing.get_args(hint)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            if option is type(None) and value is None:
+                return None
+            if option is not type(None):
+                try:
+                    return _convert(option, value, where)
+                except ValueError:
+                    continue
+        raise ValueError(f"{where}={value!r} does not match {hint}")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where} must be an int, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where} must be a string, got {value!r}")
+        return value
+    raise ValueError(f"{where}: unsupported field type {hint}")  # pragma: no cover

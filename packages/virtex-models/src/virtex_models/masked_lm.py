@@ -1,0 +1,46 @@
+"""Masked language modelling objective: a bidirectional Transformer over masked captions."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from virtex_models.protocols import IGNORE_INDEX, MaskedLMInputs, ObjectiveOutput
+from virtex_models.textual import TransformerTextualHead
+from virtex_models.vocab import VocabSpec
+
+__all__ = ["MaskedLM"]
+
+
+class MaskedLM(nn.Module):
+    """Predict the original tokens at masked positions, attending to the image and to the whole
+    caption (no causal mask; padding keys are masked by ``lengths``).
+
+    The loss is the cross-entropy over positions whose ``mlm_labels`` differ from
+    :data:`IGNORE_INDEX`, averaged over those positions.
+
+    Args:
+        visual: the backbone.
+        textual: the head (run with ``causal=False``).
+        vocab: vocabulary layout.
+    """
+
+    def __init__(
+        self, visual: nn.Module, textual: TransformerTextualHead, vocab: VocabSpec
+    ) -> None:
+        super().__init__()
+        if textual.vocab_size != vocab.size:
+            raise ValueError(f"head vocabulary {textual.vocab_size} != VocabSpec.size {vocab.size}")
+        self.visual = visual
+        self.textual = textual
+        self.vocab = vocab
+
+    def forward(self, batch: MaskedLMInputs) -> ObjectiveOutput:
+        """Loss of ``batch`` (``images``, ``tokens``, ``lengths``, ``mlm_labels``); logits
+        ``(B, L, V)``."""
+        grid = self.visual(batch.images)
+        logits = self.textual(grid, batch.tokens, batch.lengths, causal=False)
+        loss = F.cross_entropy(
+            logits.float().flatten(0, 1), batch.mlm_labels.flatten(), ignore_index=IGNORE_INDEX
+        )
+        return ObjectiveOutput(loss=loss, components={"masked_lm": loss.detach()}, logits=logits)
