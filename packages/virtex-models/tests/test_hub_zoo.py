@@ -78,7 +78,15 @@ def test_hub_backbone_from_a_torchvision_state_dict(tmp_path: Path) -> None:
     cnn = torch.hub.load(
         str(REPO), "virtex_backbone", source="local", name="resnet18", weights=str(path)
     )
+    original = tmp_path / "original.pth"  # an original VirTex checkpoint: visual.cnn.* keys
+    state = {f"visual.cnn.{k}": v for k, v in reference.state_dict().items() if "fc." not in k}
+    torch.save({"model": state, "iteration": 3}, original)
+    from_original = torch.hub.load(
+        str(REPO), "virtex_backbone", source="local", name="resnet18", weights=str(original)
+    )
     images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(from_original(images), cnn(images))
     reference.fc = torch.nn.Identity()
     reference.avgpool = torch.nn.Identity()
     with torch.no_grad():
