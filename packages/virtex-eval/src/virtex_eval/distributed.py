@@ -1,0 +1,129 @@
+"""Process groups for the probes: one process per device under ``torchrun``.
+
+Outside ``torchrun`` (no ``WORLD_SIZE`` in the environment, or ``WORLD_SIZE=1``) everything here
+degrades to a single process and no process group is created. Under ``torchrun`` the group uses
+NCCL when CUDA is available and gloo otherwise. Work is sharded by strided indices
+(``rank, rank + world, ...``), so shards differ in size by at most one row and
+:func:`gather_rows` can put rows back in dataset order.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["DistContext", "all_reduce_sum", "gather_rows", "init_distributed", "shard_indices"]
+
+
+@dataclass
+class DistContext:
+    """Where this process stands.
+
+    Attributes:
+        rank: global rank (0 when not distributed).
+        world_size: number of processes (1 when not distributed).
+        device: the device this process computes on.
+        owns_group: whether :func:`init_distributed` created the process group (and
+            :meth:`close` destroys it).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def _pick_device(device: str | None, local_rank: int) -> torch.device:
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and chosen.index is None:
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return chosen
+
+
+def init_distributed(device: str | None = None) -> DistContext:
+    """Join (or create) the process group ``torchrun`` describes, if any.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``None``/``"auto"`` (CUDA when available);
+            under ``torchrun`` CUDA devices are picked by ``LOCAL_RANK``.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    chosen = _pick_device(device, local_rank)
+    if dist.is_available() and dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(), chosen, owns_group=False)
+    if world <= 1:
+        return DistContext(0, 1, chosen, owns_group=False)
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+    backend = "nccl" if chosen.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    return DistContext(dist.get_rank(), dist.get_world_size(), chosen, owns_group=True)
+
+
+def shard_indices(total: int, rank: int, world_size: int) -> list[int]:
+    """The dataset indices of one rank: ``rank, rank + world_size, ...`` below ``total``."""
+    return list(range(rank, total, world_size))
+
+
+def gather_rows(local: Tensor, total: int, ctx: DistContext) -> Tensor:
+    """Gather the rows each rank computed for :func:`shard_indices` into dataset order.
+
+    Args:
+        local: ``(n_rank, ...)`` rows of this rank's shard, in shard order.
+        total: number of rows over all ranks.
+        ctx: the process group; with one process ``local`` is returned as is.
+
+    Returns:
+        ``(total, ...)`` on every rank, on ``local``'s device.
+    """
+    if not ctx.distributed:
+        return local
+    world = ctx.world_size
+    longest = -(-total // world)
+    padded = local.new_zeros((longest, *local.shape[1:]))
+    padded[: local.shape[0]] = local
+    # NCCL gathers only CUDA tensors, gloo only CPU tensors.
+    wire = padded.to(ctx.device) if ctx.device.type == "cuda" else padded.cpu()
+    parts = [torch.empty_like(wire) for _ in range(world)]
+    dist.all_gather(parts, wire)
+    out = local.new_empty((total, *local.shape[1:]))
+    for rank, part in enumerate(parts):
+        count = len(range(rank, total, world))
+        out[rank::world] = part[:count].to(out.device)
+    return out
+
+
+def all_reduce_sum(value: Tensor, ctx: DistContext) -> Tensor:
+    """Sum of ``value`` over ranks (a copy; ``value`` itself is unchanged)."""
+    if not ctx.distributed:
+        return value.clone()
+    wire = value.detach().clone()
+    wire = wire.to(ctx.device) if ctx.device.type == "cuda" else wire.cpu()
+    dist.all_reduce(wire)
+    return wire.to(value.device)
