@@ -1,0 +1,468 @@
+"""Experiment configs: dataclasses, strict YAML files with one level of ``base:``, overrides.
+
+An experiment YAML has five sections (all optional; missing keys take the defaults)::
+
+    base: other.yaml      # optional, one level, relative to this file
+    seed: 0
+    data:  {...}          # virtex_data.DataConfig
+    model: {...}          # virtex_models.ModelConfig
+    optim: {...}          # virtex_train.optim.OptimConfig
+    train: {...}          # TrainConfig
+
+:func:`load_config` reads a file, merges it over its base (mappings merge key by key, anything
+else replaces), applies dotted ``key.path=value`` overrides (values parsed as YAML scalars or
+flow collections) and builds an :class:`ExperimentConfig`. Every unknown key is an error naming
+the dotted key and the file (or the override) it came from; every wrongly typed value names the
+dotted key and the files involved. The defaults of the dataclasses are the paper's pre-training
+setting; :func:`quickstart_config` is the small built-in-data run (``load_config(None)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from virtex_data import DataConfig, TransformConfig
+from virtex_models import ModelConfig, TextualConfig, VisualConfig
+from virtex_train.optim import LookaheadConfig, OptimConfig, ScheduleConfig
+
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "Precision",
+    "TrainConfig",
+    "apply_overrides",
+    "load_config",
+    "parse_override",
+    "quickstart_config",
+]
+
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and the file."""
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """The ``train:`` section: length, batch, precision, logging and checkpoint cadence.
+
+    Attributes:
+        num_steps: optimiser updates of the whole run.
+        batch_size: GLOBAL batch per update (all ranks, after gradient accumulation).
+        grad_accumulation: micro-batches per update on each rank.
+        precision: ``auto`` (bf16 autocast on GPU, fp32 on CPU), ``bf16``, ``fp16`` (with a
+            GradScaler) or ``fp32``.
+        channels_last: convert the model and images to channels-last memory format.
+        compile: ``torch.compile`` the objective.
+        num_workers: data-loader worker processes per rank.
+        log_every: updates between training log events.
+        checkpoint_every: updates between checkpoints.
+        keep_last: step checkpoints kept on disk.
+        val_every: updates between validations.
+        val_batches: validation batches per validation (``None`` = the whole split).
+        sample_captions: decoded validation captions logged at each validation.
+    """
+
+    num_steps: int = 500000
+    batch_size: int = 256
+    grad_accumulation: int = 1
+    precision: Precision = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    num_workers: int = 4
+    log_every: int = 20
+    checkpoint_every: int = 2000
+    keep_last: int = 3
+    val_every: int = 2000
+    val_batches: int | None = 20
+    sample_captions: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("num_steps", "batch_size", "grad_accumulation", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("checkpoint_every", "val_every", "keep_last", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.val_batches is not None and self.val_batches < 1:
+            raise ValueError(f"train.val_batches must be >= 1 or null, got {self.val_batches}")
+        if self.sample_captions < 0:
+            raise ValueError(f"train.sample_captions must be >= 0, got {self.sample_captions}")
+        if self.batch_size % self.grad_accumulation:
+            raise ValueError(
+                f"train.batch_size={self.batch_size} is not divisible by "
+                f"train.grad_accumulation={self.grad_accumulation}"
+            )
+
+
+#: The dataclass behind each section (``seed`` is a plain int).
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+}
+TOP_LEVEL_KEYS: tuple[str, ...] = ("seed", *SECTIONS)
+
+
+@dataclass(kw_only=True)
+class ExperimentConfig:
+    """A whole experiment. Defaults: the paper's main model (bicaptioning, R-50, L1 H2048).
+
+    ``to_dict`` / ``from_dict`` use the YAML layout of the module docstring; ``to_yaml`` is what
+    the trainer writes into the run directory and every checkpoint.
+    """
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-able dict (tuples become lists) that :meth:`from_dict` reads back."""
+        return {
+            "seed": self.seed,
+            "data": _plain(self.data.to_dict()),
+            "model": _plain(self.model.to_dict()),
+            "optim": _plain(dataclasses.asdict(self.optim)),
+            "train": _plain(dataclasses.asdict(self.train)),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> ExperimentConfig:
+        """Strictly build from a plain dict; missing keys take the defaults.
+
+        Raises:
+            ConfigError: unknown key or bad value, naming the dotted key and ``source``.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
+        check_keys(data, source)
+        try:
+            seed = _convert(int, data.get("seed", 0), "seed")
+            data_cfg = DataConfig.from_dict(dict(data.get("data") or {}))
+            model_cfg = ModelConfig.from_dict(dict(data.get("model") or {}))
+            optim_cfg = _build(OptimConfig, data.get("optim") or {}, "optim")
+            train_cfg = _build(TrainConfig, data.get("train") or {}, "train")
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"{source}: {error}") from None
+        return cls(seed=seed, data=data_cfg, model=model_cfg, optim=optim_cfg, train=train_cfg)
+
+    def to_yaml(self) -> str:
+        """The config as YAML text (section order as in the module docstring)."""
+        return str(yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, width=100))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read an experiment YAML (``None``: :func:`quickstart_config`) and apply ``overrides``.
+
+    Args:
+        path: the YAML file; its optional ``base:`` names another file relative to it, which
+            may not have a ``base:`` of its own.
+        overrides: ``dotted.key=value`` strings, applied in order after the files.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, bad value or a malformed override; the
+            message names the file (or override) and the dotted key.
+    """
+    if path is None:
+        merged = quickstart_config().to_dict()
+        source = "quickstart defaults"
+    else:
+        path = Path(path)
+        raw = _read_yaml(path)
+        check_keys(raw, str(path), allow_base=True)
+        base_name = raw.pop("base", None)
+        source = str(path)
+        if base_name is not None:
+            if not isinstance(base_name, str):
+                raise ConfigError(f"{path}: base must be a file name, got {base_name!r}")
+            base_path = path.parent / base_name
+            base = _read_yaml(base_path)
+            if "base" in base:
+                raise ConfigError(
+                    f"{base_path}: a base file cannot have its own base: (one level only; "
+                    f"used by {path})"
+                )
+            check_keys(base, str(base_path))
+            merged = _merge(base, raw)
+            source = f"{path} (base {base_path})"
+        else:
+            merged = raw
+    merged = apply_overrides(merged, overrides)
+    if overrides:
+        source += " with overrides " + " ".join(overrides)
+    return ExperimentConfig.from_dict(merged, source=source)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.cnn_lr=0.1"`` -> ``(["optim", "cnn_lr"], 0.1)``; the value is parsed as YAML."""
+    key, separator, value_text = text.partition("=")
+    key = key.strip()
+    if not separator or not key:
+        raise ConfigError(f"override {text!r}: expected dotted.key=value")
+    parts = key.split(".")
+    if any(not part for part in parts):
+        raise ConfigError(f"override {text!r}: empty component in key {key!r}")
+    try:
+        value = _load_yaml(value_text) if value_text.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({error})") from None
+    return parts, value
+
+
+def apply_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``config`` (a plain nested dict) with each ``dotted.key=value`` applied.
+
+    Raises:
+        ConfigError: malformed override or unknown key, naming the override.
+    """
+    result = _merge({}, config)
+    for text in overrides:
+        parts, value = parse_override(text)
+        nested: Any = value
+        for part in reversed(parts):
+            nested = {part: nested}
+        check_keys(nested, f"override {text!r}")
+        result = _merge(result, nested)
+    return result
+
+
+def quickstart_config() -> ExperimentConfig:
+    """The quickstart run on the built-in dataset (``data/synth``): a few CPU minutes.
+
+    ResNet-18 and a 1-layer, 128-wide bicaptioning head on 64 px images; ``configs/quickstart.yaml``
+    holds the same values.
+    """
+    return ExperimentConfig(
+        seed=0,
+        data=DataConfig(
+            train_lmdb="data/synth/train.lmdb",
+            val_lmdb="data/synth/val.lmdb",
+            tokenizer="data/synth/tokenizer.json",
+            transform=TransformConfig(image_size=64),
+        ),
+        model=ModelConfig(
+            kind="bicaptioning",
+            visual=VisualConfig(name="resnet18"),
+            textual=TextualConfig(layers=1, width=128, heads=2, ffn=512),
+        ),
+        optim=OptimConfig(
+            cnn_lr=0.2,
+            lr=0.001,
+            schedule=ScheduleConfig(kind="cosine", warmup_steps=50),
+            lookahead=LookaheadConfig(enabled=True, alpha=0.5, steps=5),
+        ),
+        train=TrainConfig(
+            num_steps=600,
+            batch_size=32,
+            num_workers=1,
+            log_every=20,
+            checkpoint_every=200,
+            keep_last=2,
+            val_every=200,
+            val_batches=4,
+            sample_captions=4,
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Strict parsing helpers
+# --------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but ``1e-4`` is a float (YAML 1.2), not the string ``"1e-4"``."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block-style mappings, one-line lists (``betas: [0.9, 0.999]``)."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
+
+
+def check_keys(data: Mapping[str, Any], source: str, *, allow_base: bool = False) -> None:
+    """Raise :class:`ConfigError` for the first key of ``data`` that no dataclass field has.
+
+    Walks nested sections (following ``X | None`` fields to their dataclass); values are
+    checked later, when the dataclasses are built.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    known = (*TOP_LEVEL_KEYS, "base") if allow_base else TOP_LEVEL_KEYS
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(
+                f"{source}: unknown key {key!r} (known top-level keys: {', '.join(known)})"
+            )
+        if key in SECTIONS:
+            _check_section(SECTIONS[key], value, key, source)
+
+
+def _check_section(cls: type, data: Any, where: str, source: str) -> None:
+    if data is None:
+        return
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: {where} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(
+                f"{source}: unknown key {where}.{key} (known in {where}: {', '.join(names)})"
+            )
+        nested = _dataclass_of(hints[key])
+        if nested is not None and isinstance(value, Mapping):
+            _check_section(nested, value, f"{where}.{key}", source)
+
+
+def _dataclass_of(hint: Any) -> type | None:
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            if dataclasses.is_dataclass(option) and isinstance(option, type):
+                return option
+    return None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config file ({error.strerror})") from None
+    try:
+        data = _load_yaml(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    # An empty section (``optim:`` with nothing under it) means "defaults", not null.
+    return {key: {} if key in SECTIONS and value is None else value for key, value in data.items()}
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, any other value replaces (lists included)."""
+    merged: dict[str, Any] = {}
+    for key, value in base.items():
+        merged[key] = _merge({}, value) if isinstance(value, Mapping) else value
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        elif isinstance(value, Mapping):
+            merged[key] = _merge({}, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ValueError(f"unknown key {where}.{key} (known: {', '.join(sorted(names))})")
+        kwargs[key] = _convert(hints[key], value, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    """Check ``value`` against the type ``hint`` (ints are accepted for floats)."""
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _build(hint, value, where)
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{where}={value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, value, where)
+            except ValueError as error:
+                errors.append(str(error))
+        raise ValueError(errors[0] if len(errors) == 1 else f"{where}={value!r}: no type matches")
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{where} must be a list, got {value!r}")
+        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ValueError(f"{where} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where} must be a string, got {value!r}")
+        return value
+    raise ValueError(f"{where}: unsupported field type {hint}")  # pragma: no cover
