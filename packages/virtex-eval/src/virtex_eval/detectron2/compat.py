@@ -57,6 +57,19 @@ def compiled_ops_available() -> bool:
 class _MissingOps(types.ModuleType):
     """Stands in for ``detectron2._C`` when detectron2 was built without its C++ ops."""
 
+    # utils/collect_env.py (run by engine.default_setup) asks these of an importable _C.
+    @staticmethod
+    def get_compiler_version() -> str:
+        return "none: detectron2 built without C++ ops"
+
+    @staticmethod
+    def get_cuda_version() -> str:
+        return "none: detectron2 built without C++ ops"
+
+    @staticmethod
+    def has_cuda() -> bool:
+        return False
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
