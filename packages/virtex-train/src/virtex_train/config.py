@@ -20,6 +20,7 @@ setting; :func:`quickstart_config` is the small built-in-data run (``load_config
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -172,6 +173,9 @@ class ExperimentConfig:
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Read an experiment YAML (``None``: :func:`quickstart_config`) and apply ``overrides``.
 
+    A file in the original VirTex format (upper-case keys such as ``MODEL``, ``OPTIM``,
+    ``_BASE_``) is imported by :func:`virtex_train.legacy_config.load_legacy_config`.
+
     Args:
         path: the YAML file; its optional ``base:`` names another file relative to it, which
             may not have a ``base:`` of its own.
@@ -187,13 +191,17 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
     else:
         path = Path(path)
         raw = _read_yaml(path)
+        from virtex_train.legacy_config import is_legacy_config, load_legacy_config
+
+        if is_legacy_config(raw):
+            return load_legacy_config(path, overrides)
         check_keys(raw, str(path), allow_base=True)
         base_name = raw.pop("base", None)
         source = str(path)
         if base_name is not None:
             if not isinstance(base_name, str):
                 raise ConfigError(f"{path}: base must be a file name, got {base_name!r}")
-            base_path = path.parent / base_name
+            base_path = Path(os.path.normpath(path.parent / base_name))
             base = _read_yaml(base_path)
             if "base" in base:
                 raise ConfigError(
