@@ -1,0 +1,553 @@
+"""Captioning images with a self-contained checkpoint, and the COCO captioning evaluation.
+
+A checkpoint written by ``virtex_train`` (or any dict with ``model``, ``model_spec`` and
+``tokenizer``) is all that is needed: the objective is rebuilt with
+``virtex_models.pretrained.load_objective``, the tokenizer from the embedded JSON, and the image
+size from the embedded experiment YAML (``data.transform.image_size``, 224 when absent).
+Images are preprocessed like the training run's validation images
+(``virtex_data.transforms.EvalTransform``: shorter side to ``round(S / 0.875)``, centre crop
+``S``, ImageNet normalisation).
+
+``virtex-eval caption`` (:data:`caption_command`) captions files and folders, or the images of a
+COCO captions file, whose COCO results JSON it writes and scores with
+:func:`virtex_eval.metrics.caption_scores`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from virtex_data.tokenizer import CaptionTokenizer
+from virtex_data.transforms import EvalTransform
+from virtex_eval.images import ImageFileDataset, ImageFileError, eval_transform, find_images
+from virtex_eval.spice import SpiceUnavailable
+from virtex_models.captioning import Captioning
+from virtex_models.pretrained import ModelSpec, load_objective
+
+__all__ = [
+    "CAPTIONING_KINDS",
+    "Captioner",
+    "DecodeSettings",
+    "caption_command",
+    "load_captioner",
+    "read_checkpoint",
+    "read_coco_captions",
+]
+
+#: Objective kinds that can caption (``model_spec.config.kind``).
+CAPTIONING_KINDS = ("bicaptioning", "captioning")
+DEFAULT_IMAGE_SIZE = 224
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with errors that name the file.
+
+    Raises:
+        ValueError: missing file, a file torch cannot read, or not a dict.
+    """
+    name = str(path)
+    if not Path(name).is_file():
+        raise ValueError(f"{name}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(name, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds (pickle, zip, runtime)
+        raise ValueError(
+            f"{name}: cannot read checkpoint ({type(error).__name__}: {error})"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{name}: not a checkpoint dict (found {type(checkpoint).__name__})")
+    return checkpoint
+
+
+def _image_settings(checkpoint: Mapping[str, Any], source: str) -> tuple[int, int | None]:
+    """``(image_size, eval_resize)`` from the embedded experiment YAML, else the defaults."""
+    text = checkpoint.get("config")
+    if not isinstance(text, str):
+        return DEFAULT_IMAGE_SIZE, None
+    try:
+        import yaml
+    except ImportError:  # PyYAML is optional here: fall back to the default size
+        return DEFAULT_IMAGE_SIZE, None
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        warnings.warn(f"{source}: unreadable 'config' entry ({error}); using 224 px", stacklevel=2)
+        return DEFAULT_IMAGE_SIZE, None
+    transform = ((config or {}).get("data") or {}).get("transform") or {}
+    size = transform.get("image_size", DEFAULT_IMAGE_SIZE)
+    resize = transform.get("eval_resize")
+    if not isinstance(size, int) or not (resize is None or isinstance(resize, int)):
+        raise ValueError(f"{source}: config data.transform.image_size/eval_resize must be ints")
+    return size, resize
+
+
+def check_tokenizer(tokenizer: CaptionTokenizer, spec: ModelSpec, source: str) -> None:
+    """Raise ``ValueError`` (naming ``source``) unless the tokenizer fits the model's vocabulary."""
+    vocab = spec.vocab
+    if tokenizer.vocab_size != vocab.size:
+        raise ValueError(
+            f"{source}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+            f"vocabulary has {vocab.size}: use the tokenizer the model was trained with"
+        )
+    ours = tokenizer.special.as_dict()
+    theirs = {"pad": vocab.pad, "unk": vocab.unk, "sos": vocab.sos, "eos": vocab.eos}
+    theirs["mask"] = vocab.mask
+    if ours != theirs:
+        raise ValueError(
+            f"{source}: special token ids differ between the tokenizer {ours} and the model "
+            f"{theirs}"
+        )
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How to decode: beam search (``beam_size``; 1 = greedy) or nucleus sampling.
+
+    Attributes:
+        beam_size: beams (``None``: the checkpoint's default decoder).
+        nucleus: top-p of nucleus sampling (exclusive with ``beam_size``).
+        max_steps: most tokens (``None``: the checkpoint's default).
+        seed: random seed of nucleus sampling.
+    """
+
+    beam_size: int | None = None
+    nucleus: float | None = None
+    max_steps: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.beam_size is not None and self.nucleus is not None:
+            raise ValueError("choose beam search (beam_size) or nucleus sampling, not both")
+        if self.beam_size is not None and self.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if self.nucleus is not None and not 0 < self.nucleus <= 1:
+            raise ValueError(f"nucleus must be in (0, 1], got {self.nucleus}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+
+    def describe(self, objective: Captioning) -> dict[str, Any]:
+        """The settings actually used (defaults resolved from the objective's decoder)."""
+        default = objective.decoder
+        max_steps = self.max_steps or default.max_steps
+        if self.nucleus is not None:
+            return {"mode": "nucleus", "top_p": self.nucleus, "max_steps": max_steps}
+        if self.beam_size is not None:
+            mode = "greedy" if self.beam_size == 1 else "beam"
+            return {"mode": mode, "beam_size": self.beam_size, "max_steps": max_steps}
+        return {"mode": default.mode, "beam_size": default.beam_size, "max_steps": max_steps}
+
+
+class Captioner:
+    """A captioning objective + its tokenizer + the evaluation transform.
+
+    Args:
+        objective: a :class:`~virtex_models.captioning.Captioning` objective (eval mode).
+        tokenizer: the tokenizer it was trained with.
+        transform: image preprocessing.
+        device: where to run.
+    """
+
+    def __init__(
+        self,
+        objective: Captioning,
+        tokenizer: CaptionTokenizer,
+        transform: EvalTransform,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.objective = objective.eval().to(device)
+        self.tokenizer = tokenizer
+        self.transform = transform
+        self.device = torch.device(device)
+
+    @property
+    def image_size(self) -> int:
+        return self.transform.config.image_size
+
+    def decode(self, tokens: Tensor) -> list[str]:
+        """Caption strings of ``(B, T)`` generated ids (cut at the first ``[EOS]``)."""
+        eos = self.tokenizer.special.eos
+        captions = []
+        for row in tokens.tolist():
+            if eos in row:
+                row = row[: row.index(eos)]
+            captions.append(self.tokenizer.decode(row))
+        return captions
+
+    def _check_steps(self, settings: DecodeSettings) -> None:
+        steps = settings.max_steps or self.objective.decoder.max_steps
+        limit = self.objective.textual.max_length
+        if steps > limit:
+            raise ValueError(
+                f"max_steps={steps} exceeds the model's {limit} caption positions "
+                f"(textual.max_length); use --max-steps {limit} or less"
+            )
+
+    @torch.no_grad()
+    def caption_tensors(
+        self, images: Tensor, settings: DecodeSettings = DecodeSettings()
+    ) -> list[str]:
+        """Captions of normalised ``images (B, 3, S, S)``."""
+        self._check_steps(settings)
+        kwargs: dict[str, Any] = {}
+        if settings.max_steps is not None:
+            kwargs["max_steps"] = settings.max_steps
+        if settings.nucleus is not None:
+            kwargs["nucleus"] = settings.nucleus
+            generator = torch.Generator(device=self.device).manual_seed(settings.seed)
+            kwargs["generator"] = generator
+        elif settings.beam_size is not None:
+            kwargs["mode"] = "greedy" if settings.beam_size == 1 else "beam"
+            kwargs["beam_size"] = settings.beam_size
+        tokens = self.objective.generate(images.to(self.device), **kwargs)
+        return self.decode(tokens.cpu())
+
+    def caption_files(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        settings: DecodeSettings = DecodeSettings(),
+        *,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        progress: bool = False,
+    ) -> list[str]:
+        """Captions of image files, in order.
+
+        Raises:
+            ImageFileError: a missing or undecodable file (named).
+        """
+        self._check_steps(settings)
+        dataset = ImageFileDataset(paths, self.transform)
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=ImageFileDataset.collate,
+        )
+        captions: list[str] = [""] * len(dataset)
+        with tqdm(total=len(dataset), desc="captioning", unit="img", disable=not progress) as bar:
+            for indices, images in loader:
+                for index, caption in zip(indices.tolist(), self.caption_tensors(images, settings)):
+                    captions[index] = caption
+                bar.update(len(indices))
+        return captions
+
+
+def load_captioner(
+    checkpoint: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    tokenizer: CaptionTokenizer | None = None,
+    device: str | torch.device = "cpu",
+    image_size: int | None = None,
+) -> Captioner:
+    """A :class:`Captioner` from a self-contained checkpoint (file or dict).
+
+    Args:
+        checkpoint: the checkpoint.
+        tokenizer: overrides (or supplies) the checkpoint's ``tokenizer`` entry.
+        device: where to run.
+        image_size: overrides the training image size read from the checkpoint.
+
+    Raises:
+        ValueError: an unreadable file, a checkpoint of a non-captioning objective, no tokenizer,
+            or a tokenizer that does not fit the model, each naming the checkpoint.
+    """
+    if isinstance(checkpoint, Mapping):
+        data: Mapping[str, Any] = checkpoint
+        source = "checkpoint"
+    else:
+        source = str(checkpoint)
+        data = read_checkpoint(checkpoint)
+    spec_data = data.get("model_spec")
+    if not isinstance(spec_data, Mapping):
+        raise ValueError(f"{source}: no 'model_spec' entry (not a self-contained checkpoint)")
+    kind = (spec_data.get("config") or {}).get("kind", "bicaptioning")
+    if kind not in CAPTIONING_KINDS:
+        raise ValueError(
+            f"{source} holds a {kind!r} model, which cannot caption: captioning and zero-shot "
+            f"need a {' or '.join(CAPTIONING_KINDS)} checkpoint"
+        )
+    if tokenizer is None:
+        text = data.get("tokenizer")
+        if not isinstance(text, str):
+            raise ValueError(
+                f"{source}: no 'tokenizer' entry; pass the run's tokenizer.json (--tokenizer)"
+            )
+        try:
+            tokenizer = CaptionTokenizer.from_json(text)
+        except Exception as error:  # tokenizers raises bare Exception on bad JSON
+            raise ValueError(f"{source}: unreadable 'tokenizer' entry ({error})") from error
+    try:
+        objective, spec = load_objective(data)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from error
+    if not isinstance(objective, Captioning):  # kind checked above; keeps mypy informed
+        raise ValueError(f"{source}: not a captioning objective")
+    check_tokenizer(tokenizer, spec, source)
+    size, resize = _image_settings(data, source)
+    if image_size is not None:
+        size, resize = image_size, None
+    return Captioner(objective, tokenizer, eval_transform(size, resize), device)
+
+
+def read_coco_captions(
+    path: str | os.PathLike[str],
+) -> tuple[dict[int, str], dict[int, list[str]]]:
+    """``({image id: file name}, {image id: [captions]})`` of a COCO captions JSON.
+
+    Raises:
+        ValueError: unreadable JSON, missing ``images``/``annotations``, malformed entries or
+            captions of unknown images, naming the file and the entry.
+    """
+    name = str(path)
+    try:
+        data = json.loads(Path(name).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{name}: no such captions file") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{name}: not a readable JSON file ({error})") from None
+    if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
+        raise ValueError(f"{name}: a COCO captions file needs 'images' and 'annotations'")
+    files: dict[int, str] = {}
+    for index, image in enumerate(data["images"]):
+        try:
+            files[int(image["id"])] = str(image["file_name"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{name}: images[{index}] needs 'id' and 'file_name'") from None
+    references: dict[int, list[str]] = {key: [] for key in files}
+    for index, annotation in enumerate(data["annotations"]):
+        try:
+            image_id, caption = int(annotation["image_id"]), str(annotation["caption"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(
+                f"{name}: annotations[{index}] needs 'image_id' and 'caption'"
+            ) from None
+        if image_id not in references:
+            raise ValueError(f"{name}: annotations[{index}] names unknown image id {image_id}")
+        references[image_id].append(caption)
+    without = [key for key, captions in references.items() if not captions]
+    if without:
+        raise ValueError(f"{name}: image id {without[0]} has no captions ({len(without)} such)")
+    return files, references
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".partial")
+    temporary.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
+def format_scores(scores: Mapping[str, float]) -> str:
+    """One line per metric, aligned."""
+    width = max(len(name) for name in scores)
+    return "\n".join(f"{name:<{width}}  {value:.4f}" for name, value in scores.items())
+
+
+@click.command("caption", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Self-contained checkpoint of a (bi)captioning model.",
+)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="JSON to write.")
+@click.option("--beam-size", type=int, help="Beam search width (1 = greedy).")
+@click.option("--nucleus", type=float, help="Nucleus sampling with this top-p instead of beams.")
+@click.option("--max-steps", type=int, help="Most tokens per caption (default: checkpoint's).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --nucleus.")
+@click.option(
+    "--coco-captions",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="COCO captions JSON: caption its images (from --images) and score them.",
+)
+@click.option(
+    "--images",
+    "image_root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of the --coco-captions images.",
+)
+@click.option("--limit", type=int, help="Only the first N images of --coco-captions.")
+@click.option(
+    "--metrics",
+    "metrics_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the scores (default: OUTPUT's stem + _metrics.json).",
+)
+@click.option(
+    "--per-image",
+    "per_image_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write per-image scores (CIDEr, BLEU, ROUGE-L) to this JSON.",
+)
+@click.option("--spice", is_flag=True, help="Also compute SPICE (needs Java + the SPICE jar).")
+@click.option(
+    "--tokenizer",
+    "tokenizer_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Tokenizer JSON for checkpoints without an embedded one.",
+)
+@click.option("--image-size", type=int, help="Override the training image size.")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader workers.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present).")
+def caption_command(
+    inputs: tuple[Path, ...],
+    checkpoint: Path,
+    output: Path | None,
+    beam_size: int | None,
+    nucleus: float | None,
+    max_steps: int | None,
+    seed: int,
+    coco_captions: Path | None,
+    image_root: Path | None,
+    limit: int | None,
+    metrics_path: Path | None,
+    per_image_path: Path | None,
+    spice: bool,
+    tokenizer_path: Path | None,
+    image_size: int | None,
+    batch_size: int,
+    workers: int,
+    device: str | None,
+) -> None:
+    """Caption images with a self-contained checkpoint (tokenizer inside).
+
+    \b
+    Arbitrary images (files or folders, searched recursively):
+      virtex-eval caption --checkpoint final.pt photo.jpg photos/ --output captions.json
+    COCO evaluation (writes the COCO results JSON, prints and saves CIDEr/BLEU/ROUGE-L):
+      virtex-eval caption --checkpoint final.pt --coco-captions captions_val2017.json \\
+          --images val2017 --output val2017_results.json --beam-size 5
+    """
+    try:
+        settings = DecodeSettings(beam_size, nucleus, max_steps, seed)
+        if coco_captions is None and image_root is not None:
+            raise click.UsageError("--images goes with --coco-captions; list image paths instead")
+        if coco_captions is not None and inputs:
+            raise click.UsageError("give either image paths or --coco-captions, not both")
+        if coco_captions is None and not inputs:
+            raise click.UsageError("give image files/folders, or --coco-captions with --images")
+        if coco_captions is not None and image_root is None:
+            raise click.UsageError("--coco-captions needs --images (the folder of its images)")
+        if (per_image_path or metrics_path or spice) and coco_captions is None:
+            raise click.UsageError("--metrics, --per-image and --spice need --coco-captions")
+        tokenizer = CaptionTokenizer.from_file(tokenizer_path) if tokenizer_path else None
+        captioner = load_captioner(
+            checkpoint,
+            tokenizer=tokenizer,
+            device=device or _default_device(),
+            image_size=image_size,
+        )
+        if coco_captions is None:
+            _caption_paths(captioner, inputs, settings, output, batch_size, workers)
+        else:
+            assert image_root is not None
+            _caption_coco(
+                captioner,
+                settings,
+                coco_captions,
+                image_root,
+                limit=limit,
+                output=output,
+                metrics_path=metrics_path,
+                per_image_path=per_image_path,
+                spice=spice,
+                batch_size=batch_size,
+                workers=workers,
+            )
+    except (ValueError, SpiceUnavailable) as error:  # ImageFileError is a ValueError
+        raise click.ClickException(str(error)) from error
+
+
+def _caption_paths(
+    captioner: Captioner,
+    inputs: Sequence[Path],
+    settings: DecodeSettings,
+    output: Path | None,
+    batch_size: int,
+    workers: int,
+) -> None:
+    paths = find_images(inputs)
+    captions = captioner.caption_files(
+        paths, settings, batch_size=batch_size, num_workers=workers, progress=output is not None
+    )
+    if output is None:
+        for path, caption in zip(paths, captions, strict=True):
+            click.echo(f"{path}\t{caption}")
+        return
+    records = [{"file": str(p), "caption": c} for p, c in zip(paths, captions, strict=True)]
+    _write_json(output, records)
+    click.echo(f"wrote {len(records)} captions to {output}", err=True)
+
+
+def _caption_coco(
+    captioner: Captioner,
+    settings: DecodeSettings,
+    coco_captions: Path,
+    image_root: Path,
+    *,
+    limit: int | None,
+    output: Path | None,
+    metrics_path: Path | None,
+    per_image_path: Path | None,
+    spice: bool,
+    batch_size: int,
+    workers: int,
+) -> None:
+    from virtex_eval.metrics import evaluate_captions
+
+    files, references = read_coco_captions(coco_captions)
+    ids = sorted(files)
+    if limit is not None:
+        ids = ids[:limit]
+    paths = [image_root / files[key] for key in ids]
+    for path in paths:  # fail before any work, naming the file
+        if not path.is_file():
+            raise ImageFileError(path, f"image listed in {coco_captions} is missing")
+    captions = captioner.caption_files(
+        paths, settings, batch_size=batch_size, num_workers=workers, progress=True
+    )
+    predictions = dict(zip(ids, captions, strict=True))
+    if output is not None:
+        _write_json(output, [{"image_id": key, "caption": predictions[key]} for key in ids])
+        click.echo(f"wrote COCO results for {len(ids)} images to {output}", err=True)
+    refs = {key: references[key] for key in ids}
+    result = evaluate_captions(predictions, refs)
+    scores: dict[str, Any] = dict(result.corpus)
+    if spice:
+        from virtex_eval.spice import spice_score
+
+        scores["SPICE"], _ = spice_score(predictions, refs)
+    click.echo(format_scores(scores))
+    if metrics_path is None and output is not None:
+        metrics_path = output.with_name(output.stem + "_metrics.json")
+    if metrics_path is not None:
+        record = dict(scores)
+        record["num_images"] = len(ids)
+        record["decoder"] = settings.describe(captioner.objective)
+        _write_json(metrics_path, record)
+        click.echo(f"wrote scores to {metrics_path}", err=True)
+    if per_image_path is not None:
+        _write_json(per_image_path, {str(k): v for k, v in result.per_image.items()})
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(caption_command())
