@@ -296,9 +296,13 @@ def experiment_from_legacy(config: Mapping[str, Any], source: str = "config") ->
             "proportion": float(data["MASKED_LM"]["MASK_PROPORTION"]),
             "mask": float(data["MASKED_LM"]["MASK_PROBABILITY"]),
             "random": float(data["MASKED_LM"]["REPLACE_PROBABILITY"]),
-            "keep": 1.0
-            - float(data["MASKED_LM"]["MASK_PROBABILITY"])
-            - float(data["MASKED_LM"]["REPLACE_PROBABILITY"]),
+            # Rounded so that 1 - 0.85 - 0.10 is 0.05, not 0.05000000000000002.
+            "keep": round(
+                1.0
+                - float(data["MASKED_LM"]["MASK_PROBABILITY"])
+                - float(data["MASKED_LM"]["REPLACE_PROBABILITY"]),
+                12,
+            ),
         },
     }
     if "color_jitter" not in train_transforms:
