@@ -32,7 +32,11 @@ __all__ = ["detectron2_command"]
 @click.option("--machine-rank", type=int, default=0)
 @click.option("--dist-url", default="auto", help="tcp://HOST:PORT for multi-machine runs.")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT_DIR's last checkpoint.")
-@click.option("--eval-only", is_flag=True, help="Evaluate MODEL.WEIGHTS / --checkpoint only.")
+@click.option(
+    "--eval-only",
+    is_flag=True,
+    help="Only evaluate: --checkpoint, else the last checkpoint in OUTPUT_DIR.",
+)
 @click.option(
     "--data-root",
     type=click.Path(file_okay=False, path_type=Path),

@@ -25,13 +25,13 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,6 +39,7 @@ __all__ = [
     "DEPENDENCIES",
     "PB1_SHA256",
     "PB1_SPEC",
+    "UPSTREAM_PROBE",
     "UPSTREAM_URL",
     "build_from_sdist",
     "detectron2_present",
@@ -51,6 +52,7 @@ __all__ = [
 PB1_SPEC = "pb1-detectron2==0.6"
 PB1_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 UPSTREAM_URL = "git+https://github.com/facebookresearch/detectron2.git"
+UPSTREAM_PROBE = "https://github.com/facebookresearch/detectron2"
 #: detectron2 v0.6's own requirements, less those it needs only for optional features
 #: (black: formatting of saved lazy configs; pydot, future: caffe2 export).
 DEPENDENCIES = (
@@ -106,19 +108,21 @@ def detectron2_present() -> bool:
     return importlib.util.find_spec("detectron2") is not None
 
 
-def github_reachable(timeout: float = 3.0, host: str = "github.com", port: int = 443) -> bool:
-    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds.
+def github_reachable(timeout: float = 3.0, url: str = UPSTREAM_PROBE) -> bool:
+    """Whether ``url`` answers an HTTPS ``HEAD`` request within ``timeout`` seconds.
 
-    Name resolution has no timeout of its own, so the probe runs in a daemon thread that is
-    abandoned when the time is up.
+    An HTTP answer, not a TCP connection, is the test: some sandboxes accept every connection
+    through a proxy and fail later. Name resolution has no timeout of its own, so the probe runs
+    in a daemon thread that is abandoned when the time is up.
     """
     result: list[bool] = []
 
     def probe() -> None:
         try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append(True)
-        except OSError:
+            request = urllib.request.Request(url, method="HEAD")
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                result.append(response.status < 400)
+        except (OSError, ValueError):
             result.append(False)
 
     thread = threading.Thread(target=probe, daemon=True)

@@ -51,7 +51,8 @@ class Detectron2Run:
         num_gpus: processes on this machine (one per GPU); 1 runs in this process.
         num_machines, machine_rank, dist_url: multi-machine training (detectron2's launch).
         resume: continue from ``OUTPUT_DIR/last_checkpoint`` when there is one.
-        eval_only: evaluate ``MODEL.WEIGHTS`` (or the last checkpoint with ``resume``).
+        eval_only: evaluate ``checkpoint``, else OUTPUT_DIR's last checkpoint, else
+            ``MODEL.WEIGHTS``.
         data_root: ``$DETECTRON2_DATASETS`` for the built-in COCO / LVIS / VOC names.
         synth: a built-in dataset folder (``virtex-data synth``), registered as
             ``virtex_synth_train`` / ``virtex_synth_val``.
@@ -78,6 +79,17 @@ def _is_virtex_checkpoint(path: Path) -> bool:
         return False  # detectron2 model-zoo pickles: detectron2 reads them itself
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     return isinstance(checkpoint, Mapping) and "model_spec" in checkpoint
+
+
+def _backbone_opts(weights: Path) -> list[str]:
+    """``MODEL.RESNETS.*`` KEY VALUE pairs stored in an exported backbone (else none)."""
+    if weights.suffix == ".pkl" or not weights.is_file():
+        return []
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    options = checkpoint.get("resnet") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(options, Mapping):
+        return []
+    return [str(x) for item in options.items() for x in item]
 
 
 def build_config(
@@ -214,9 +226,13 @@ def _worker(run: Detectron2Run, weights: str | None, backbone_opts: list[str]) -
     trainer_class = _trainer_class()
     if run.eval_only:
         model = trainer_class.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=run.resume
-        )
+        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        # --checkpoint wins; otherwise OUTPUT_DIR's last checkpoint (the fine-tuned detector).
+        if (run.resume or run.checkpoint is None) and checkpointer.has_checkpoint():
+            weights_used = checkpointer.get_checkpoint_file()
+        else:
+            weights_used = cfg.MODEL.WEIGHTS
+        checkpointer.load(weights_used)
         results = trainer_class.test(cfg, model)
         iteration = None
     else:
@@ -225,10 +241,12 @@ def _worker(run: Detectron2Run, weights: str | None, backbone_opts: list[str]) -
         trainer.train()
         results = getattr(trainer, "_last_eval_results", None) or {}
         iteration = trainer.iter  # detectron2 leaves it at MAX_ITER after the last step
+        weights_used = cfg.MODEL.WEIGHTS
     if comm.is_main_process() and results:
         summary = metrics_summary(results, list(cfg.DATASETS.TEST))
         summary["iteration"] = iteration
-        summary["weights"] = cfg.MODEL.WEIGHTS
+        # Training: the initial weights; --eval-only: the evaluated checkpoint.
+        summary["weights"] = weights_used
         path = Path(cfg.OUTPUT_DIR) / METRICS_FILE
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
@@ -293,23 +311,27 @@ def run(run: Detectron2Run) -> dict[str, Any]:
         from virtex_eval.detectron2.datasets import set_data_root
 
         set_data_root(run.data_root)
-    from virtex_models.export import detectron2_resnet_options, save_detectron2
+    from virtex_models.export import save_detectron2
 
     cfg = build_config(run)
     output_dir = Path(cfg.OUTPUT_DIR)
     output_dir.mkdir(parents=True, exist_ok=True)
     weights: str | None = None
     backbone_opts: list[str] = []
+    exported = output_dir / BACKBONE_FILE
     if run.checkpoint is not None:
         if not run.checkpoint.is_file():
             raise FileNotFoundError(f"checkpoint {run.checkpoint} does not exist")
         if _is_virtex_checkpoint(run.checkpoint):
-            exported = save_detectron2(run.checkpoint, output_dir / BACKBONE_FILE)
-            options = detectron2_resnet_options(run.checkpoint)
-            backbone_opts = [str(x) for item in options.items() for x in item]
+            save_detectron2(run.checkpoint, exported)
             weights = str(exported)
         else:
             weights = str(run.checkpoint)
+    elif (run.resume or run.eval_only) and exported.is_file():
+        # Resuming / evaluating a run started from a VirTex backbone: the same architecture.
+        weights = str(exported)
+    if weights is not None:
+        backbone_opts = _backbone_opts(Path(weights))
     metrics = output_dir / METRICS_FILE
     if metrics.exists():
         metrics.unlink()
