@@ -1,0 +1,334 @@
+"""Zero-shot classification by caption likelihood (an addition to the original VirTex).
+
+Each class becomes a prompt (``"a photo of a {}"`` filled with the class name); an image is
+assigned the class whose prompt is most likely as its caption under the captioning model:
+``log p([SOS] prompt [EOS] | image)`` summed over tokens, from the forward decoder, plus the
+backward decoder's ``log p(reversed prompt | image)`` when the model is bidirectional
+(``direction="both"``, the default for bicaptioning). ``normalize=True`` divides each direction's
+score by its number of predicted tokens (prompts of different lengths then compete on the mean
+log-probability per token instead of the total).
+
+The image is projected once per image; its memory is shared by all prompts of the batch.
+
+``virtex-eval zero-shot`` (:data:`zeroshot_command`) reads an image-folder tree (one sub-folder
+per class; the folder name, with ``_`` read as a space, is the class name).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import click
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from virtex_data.tokenizer import CaptionTokenizer
+from virtex_eval.captioner import Captioner, load_captioner
+from virtex_eval.images import ImageFileDataset, ImageFileError, find_images
+from virtex_models.captioning import reverse_captions
+
+__all__ = [
+    "DEFAULT_PROMPT",
+    "ImageFolderSplit",
+    "ZeroShotClassifier",
+    "ZeroShotResult",
+    "read_image_folders",
+    "zeroshot_command",
+]
+
+DEFAULT_PROMPT = "a photo of a {}"
+Direction = Literal["forward", "backward", "both"]
+
+
+def _prompt_tokens(
+    tokenizer: CaptionTokenizer, prompts: Sequence[str], max_length: int
+) -> tuple[Tensor, Tensor]:
+    special = tokenizer.special
+    rows = []
+    for prompt in prompts:
+        row = [special.sos, *tokenizer.encode(prompt), special.eos]
+        if len(row) > max_length:
+            raise ValueError(
+                f"prompt {prompt!r} has {len(row)} tokens with [SOS]/[EOS]; the model takes "
+                f"at most {max_length}"
+            )
+        rows.append(row)
+    width = max(len(row) for row in rows)
+    tokens = torch.full((len(rows), width), special.pad, dtype=torch.long)
+    for index, row in enumerate(rows):
+        tokens[index, : len(row)] = torch.tensor(row)
+    return tokens, torch.tensor([len(row) for row in rows])
+
+
+def _sequence_log_prob(logits: Tensor, tokens: Tensor, lengths: Tensor) -> Tensor:
+    """``sum_t log p(tokens[t] | tokens[:t])`` for ``1 <= t < lengths`` -> ``(N,)``."""
+    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    picked = log_probs.gather(2, tokens[:, 1:, None])[:, :, 0]
+    positions = torch.arange(1, tokens.shape[1], device=tokens.device)[None, :]
+    return picked.masked_fill(positions >= lengths[:, None], 0.0).sum(dim=1)
+
+
+class ZeroShotClassifier:
+    """Scores class prompts as captions of images.
+
+    Args:
+        captioner: the loaded captioning model.
+        class_names: one name per class (index = label).
+        prompt: template with one ``{}`` for the class name.
+        direction: ``forward``, ``backward`` (bidirectional models only) or ``both``
+            (``None``: ``both`` if the model is bidirectional, else ``forward``).
+        normalize: divide each direction's log-likelihood by its number of predicted tokens.
+    """
+
+    def __init__(
+        self,
+        captioner: Captioner,
+        class_names: Sequence[str],
+        prompt: str = DEFAULT_PROMPT,
+        *,
+        direction: Direction | None = None,
+        normalize: bool = False,
+    ) -> None:
+        if "{}" not in prompt:
+            raise ValueError(f"the prompt template {prompt!r} needs a {{}} for the class name")
+        if not class_names:
+            raise ValueError("zero-shot classification needs at least one class")
+        objective = captioner.objective
+        bidirectional = objective.backward_textual is not None
+        if direction is None:
+            direction = "both" if bidirectional else "forward"
+        if direction != "forward" and not bidirectional:
+            raise ValueError(
+                f"direction {direction!r} needs a bidirectional (bicaptioning) model; this "
+                "checkpoint has only the forward decoder"
+            )
+        self.captioner = captioner
+        self.class_names = list(class_names)
+        self.prompts = [prompt.replace("{}", name) for name in self.class_names]
+        self.direction: Direction = direction
+        self.normalize = normalize
+        tokens, lengths = _prompt_tokens(
+            captioner.tokenizer, self.prompts, objective.textual.max_length
+        )
+        self.tokens = tokens.to(captioner.device)
+        self.lengths = lengths.to(captioner.device)
+
+    @torch.no_grad()
+    def scores(self, images: Tensor) -> Tensor:
+        """Log-likelihood scores ``(B, C)`` of every class prompt for ``images (B, 3, S, S)``."""
+        objective = self.captioner.objective
+        images = images.to(self.captioner.device)
+        memory = objective.textual.project(objective.visual(images))  # (B, S, D)
+        batch, classes = images.shape[0], len(self.prompts)
+        memory = memory.repeat_interleave(classes, dim=0)  # (B * C, S, D)
+        tokens = self.tokens.repeat(batch, 1)
+        lengths = self.lengths.repeat(batch)
+        predicted = (lengths - 1).float()
+        total = torch.zeros(batch * classes, device=memory.device)
+        if self.direction in ("forward", "both"):
+            logits = objective.textual.decode(memory, tokens, lengths)
+            forward = _sequence_log_prob(logits, tokens, lengths)
+            total = total + (forward / predicted if self.normalize else forward)
+        if self.direction in ("backward", "both"):
+            assert objective.backward_textual is not None
+            reversed_tokens = reverse_captions(tokens, lengths)
+            logits = objective.backward_textual.decode(memory, reversed_tokens, lengths)
+            backward = _sequence_log_prob(logits, reversed_tokens, lengths)
+            total = total + (backward / predicted if self.normalize else backward)
+        return total.reshape(batch, classes)
+
+    def predict(self, images: Tensor) -> Tensor:
+        """Most likely class per image ``(B,)``."""
+        return self.scores(images).argmax(dim=1)
+
+
+@dataclass(frozen=True)
+class ImageFolderSplit:
+    """Images of a class-folder tree: ``paths[i]`` has label ``labels[i]`` in ``class_names``."""
+
+    class_names: list[str]
+    folders: list[str]
+    paths: list[Path]
+    labels: list[int]
+
+
+def read_image_folders(root: str | os.PathLike[str]) -> ImageFolderSplit:
+    """One class per sub-folder of ``root`` (sorted; ``_`` in a folder name reads as a space).
+
+    Raises:
+        ImageFileError: ``root`` missing, no class folders, or a class folder without images.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ImageFileError(root, "no such directory (expected one sub-folder per class)")
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise ImageFileError(root, "has no class sub-folders")
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, folder in enumerate(folders):
+        found = find_images([folder])
+        paths.extend(found)
+        labels.extend([label] * len(found))
+    names = [folder.name.replace("_", " ") for folder in folders]
+    return ImageFolderSplit(names, [f.name for f in folders], paths, labels)
+
+
+@dataclass
+class ZeroShotResult:
+    """Accuracies and predictions of a zero-shot run."""
+
+    top1: float
+    top5: float | None
+    per_class: dict[str, float]
+    predictions: list[int] = field(repr=False)
+    num_images: int = 0
+
+    def metrics(self) -> dict[str, Any]:
+        """Plain numbers for a JSON file (``top5`` only with at least 5 classes)."""
+        record: dict[str, Any] = {"top1": self.top1, "num_images": self.num_images}
+        if self.top5 is not None:
+            record["top5"] = self.top5
+        record["per_class_top1"] = self.per_class
+        return record
+
+
+def evaluate(
+    classifier: ZeroShotClassifier,
+    split: ImageFolderSplit,
+    *,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> ZeroShotResult:
+    """Top-1 (and top-5) accuracy of ``classifier`` on a class-folder split."""
+    dataset = ImageFileDataset(split.paths, classifier.captioner.transform)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=dataset.collate
+    )
+    labels = torch.tensor(split.labels)
+    predictions = torch.empty(len(dataset), dtype=torch.long)
+    in_top5 = torch.zeros(len(dataset), dtype=torch.bool)
+    classes = len(split.class_names)
+    with tqdm(total=len(dataset), desc="zero-shot", unit="img", disable=not progress) as bar:
+        for indices, images in loader:
+            scores = classifier.scores(images).cpu()
+            predictions[indices] = scores.argmax(dim=1)
+            top = scores.topk(min(5, classes), dim=1).indices
+            in_top5[indices] = (top == labels[indices, None]).any(dim=1)
+            bar.update(len(indices))
+    correct = predictions == labels
+    per_class = {
+        name: float(correct[labels == index].float().mean())
+        for index, name in enumerate(split.class_names)
+    }
+    return ZeroShotResult(
+        top1=float(correct.float().mean()),
+        top5=float(in_top5.float().mean()) if classes >= 5 else None,
+        per_class=per_class,
+        predictions=predictions.tolist(),
+        num_images=len(dataset),
+    )
+
+
+@click.command("zero-shot", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Self-contained checkpoint of a (bi)captioning model.",
+)
+@click.option(
+    "--images",
+    "root",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder with one sub-folder of images per class.",
+)
+@click.option(
+    "--prompt", default=DEFAULT_PROMPT, show_default=True, help="Template; {} = class name."
+)
+@click.option(
+    "--direction",
+    type=click.Choice(["forward", "backward", "both"]),
+    default=None,
+    help="Decoders to score with (default: both for bicaptioning, else forward).",
+)
+@click.option("--normalize", is_flag=True, help="Mean log-probability per token, not the sum.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Metrics JSON.")
+@click.option(
+    "--predictions",
+    "predictions_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Per-image predictions JSON.",
+)
+@click.option("--image-size", type=int, help="Override the training image size.")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="cpu, cuda ... (default: cuda if present).")
+def zeroshot_command(
+    checkpoint: Path,
+    root: Path,
+    prompt: str,
+    direction: Direction | None,
+    normalize: bool,
+    output: Path | None,
+    predictions_path: Path | None,
+    image_size: int | None,
+    batch_size: int,
+    workers: int,
+    device: str | None,
+) -> None:
+    """Zero-shot classification by caption likelihood.
+
+    Each class prompt ("a photo of a {name}") is scored as the image's caption (forward, plus
+    backward for bicaptioning models); the most likely class wins.
+
+    \b
+      virtex-eval zero-shot --checkpoint final.pt --images imagenette/val \\
+          --prompt "a photo of a {}" --output zeroshot.json
+    """
+    try:
+        split = read_image_folders(root)
+        captioner = load_captioner(
+            checkpoint,
+            device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            image_size=image_size,
+        )
+        classifier = ZeroShotClassifier(
+            captioner, split.class_names, prompt, direction=direction, normalize=normalize
+        )
+        result = evaluate(
+            classifier, split, batch_size=batch_size, num_workers=workers, progress=True
+        )
+    except ValueError as error:  # ImageFileError included
+        raise click.ClickException(str(error)) from error
+    click.echo(f"classes {len(split.class_names)}  images {result.num_images}")
+    click.echo(f"top1  {result.top1:.4f}")
+    if result.top5 is not None:
+        click.echo(f"top5  {result.top5:.4f}")
+    if output is not None:
+        record = result.metrics()
+        record["prompt"] = prompt
+        record["direction"] = classifier.direction
+        record["normalize"] = normalize
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if predictions_path is not None:
+        rows = [
+            {
+                "file": str(path),
+                "label": split.class_names[label],
+                "predicted": split.class_names[p],
+            }
+            for path, label, p in zip(split.paths, split.labels, result.predictions, strict=True)
+        ]
+        predictions_path.parent.mkdir(parents=True, exist_ok=True)
+        predictions_path.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
