@@ -86,3 +86,50 @@ def train_loader(
         generator=torch.Generator().manual_seed(seed),
     )
     return loader, sampler, tokenizer
+
+
+TOY_VOCAB = VocabSpec(size=50, pad=0, unk=1, sos=2, eos=3, mask=4)
+
+
+class ToyCaptions(torch.utils.data.Dataset[int]):
+    """``n`` random images (32 px) with random captions, in memory; items are indices.
+
+    ``collate(indices)`` returns a :class:`virtex_data.CaptionBatch`, so a ``DataLoader`` over it
+    behaves like one over the LMDB datasets without any file.
+    """
+
+    def __init__(self, n: int = 16, size: int = 32, seed: int = 0) -> None:
+        from virtex_data import CaptionBatch
+
+        self._batch = CaptionBatch
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(n, 3, size, size, generator=g)
+        self.lengths = torch.randint(4, 10, (n,), generator=g)
+        self.tokens = torch.zeros(n, 10, dtype=torch.long)
+        for i, length in enumerate(self.lengths.tolist()):
+            self.tokens[i, 0] = TOY_VOCAB.sos
+            self.tokens[i, 1 : length - 1] = torch.randint(
+                5, TOY_VOCAB.size, (length - 2,), generator=g
+            )
+            self.tokens[i, length - 1] = TOY_VOCAB.eos
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+    def collate(self, indices: list[int]) -> object:
+        idx = torch.tensor(indices)
+        longest = int(self.lengths[idx].max())
+        return self._batch(
+            image_ids=idx.clone(),
+            images=self.images[idx].clone(),
+            tokens=self.tokens[idx, :longest].clone(),
+            lengths=self.lengths[idx].clone(),
+        )
+
+
+def toy_model(dropout: float = 0.0, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return tiny_model_config(dropout).build(TOY_VOCAB)

@@ -177,9 +177,7 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.model = model
-        self._forward: Callable[[Any], ObjectiveOutput] = (
-            torch.compile(model) if compile else model
-        )
+        self._forward: Callable[[Any], ObjectiveOutput] = torch.compile(model) if compile else model
         self._params = [p for p in self.objective.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------ state

@@ -1,0 +1,108 @@
+"""Atomic checkpoint files, pruning, the latest pointer, RNG state and self-contained loading."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from virtex_train.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    CheckpointManager,
+    atomic_save,
+    load_checkpoint,
+    package_versions,
+    rng_state,
+    set_rng_state,
+)
+
+
+def _draws() -> tuple[float, float, list[float]]:
+    return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path: Path) -> None:
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    _draws()
+    np.random.randn()  # leaves a cached Gaussian in NumPy's state
+    atomic_save({"format_version": FORMAT_VERSION, "rng": rng_state()}, tmp_path / "r.pt")
+    expected = _draws()
+    _draws()
+    set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])  # weights_only=True inside
+    assert _draws() == expected
+
+
+def test_manager_keeps_last_k_and_points_latest(tmp_path: Path) -> None:
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    assert manager.latest() is None
+    for step in (10, 20, 30):
+        path = manager.save({"format_version": FORMAT_VERSION, "step": step}, step)
+    assert path.name == "step_0000030.pt"
+    assert manager.steps() == [20, 30]
+    assert (tmp_path / "latest").read_text().strip() == "step_0000030.pt"
+    assert load_checkpoint(manager.latest())["step"] == 30  # type: ignore[arg-type]
+    final = manager.finalize(path)
+    assert final.samefile(path)
+    (tmp_path / "latest").unlink()  # a lost pointer falls back to the newest step file
+    assert manager.latest() == path
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_failed_torch_save_keeps_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    manager.save({"format_version": FORMAT_VERSION, "step": 1, "w": torch.ones(3)}, 1)
+
+    def full_disk(obj: object, handle: object) -> None:
+        handle.write(b"partial")  # type: ignore[attr-defined]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=r"step_0000002\.pt.*No space left"):
+        manager.save({"format_version": FORMAT_VERSION, "step": 2}, 2)
+    monkeypatch.undo()
+    assert manager.steps() == [1]
+    assert load_checkpoint(manager.latest())["step"] == 1  # type: ignore[arg-type]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_0000001.pt"]
+
+
+def test_failed_rename_keeps_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "c.pt"
+    atomic_save({"format_version": FORMAT_VERSION, "v": 1}, target)
+
+    def broken_replace(src: str, dst: str) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(CheckpointError, match="Input/output error"):
+        atomic_save({"format_version": FORMAT_VERSION, "v": 2}, target)
+    monkeypatch.undo()
+    assert load_checkpoint(target)["v"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_load_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="missing.pt does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"format_version": 99}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="format_version 99"):
+        load_checkpoint(tmp_path / "future.pt")
+
+
+def test_package_versions_name_ours() -> None:
+    versions = package_versions()
+    assert versions["torch"] == torch.__version__
+    assert versions["virtex_train"] == "0.1.0"
