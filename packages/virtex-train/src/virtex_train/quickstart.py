@@ -49,7 +49,8 @@ def ensure_builtin_data(
     start = time.perf_counter()
     if not (annotations / "captions_val.json").is_file():
         echo(
-            f"generating the built-in dataset ({counts['train']} + {counts['val']} images) in {root}"
+            f"generating the built-in dataset ({counts['train']} + {counts['val']} images) "
+            f"in {root}"
         )
         generate(root, train=counts["train"], val=counts["val"], size=size, workers=workers)
     tokenizer_path = Path(data.tokenizer)
