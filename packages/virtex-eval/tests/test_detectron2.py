@@ -22,13 +22,10 @@ from virtex_models.export import detectron2_resnet_options, save_detectron2
 from virtex_models.pretrained import ModelSpec, checkpoint_dict
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "detectron2"
-needs_detectron2 = [
-    pytest.mark.detectron2,
-    pytest.mark.skipif(
-        not detectron2_available(),
-        reason="detectron2 is not installed (python -m virtex_eval.detectron2.install)",
-    ),
-]
+requires_detectron2 = pytest.mark.skipif(
+    not detectron2_available(),
+    reason="detectron2 is not installed (python -m virtex_eval.detectron2.install)",
+)
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
@@ -72,10 +69,10 @@ def _d2_resnet(options: dict[str, Any], weights: Path) -> nn.Module:
     return backbone.eval()
 
 
+@pytest.mark.detectron2
+@requires_detectron2
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
-@pytest.mark.usefixtures()
 def test_detectron2_resnet_sees_the_same_features(name: str, tmp_path: Path) -> None:
-    pytest.importorskip("detectron2", reason="detectron2 is not installed")
     torch.manual_seed(0)
     ours = _randomise_norms(TorchvisionBackbone(name))
     path = save_detectron2(ours, tmp_path / "backbone.pth")
@@ -94,11 +91,6 @@ def test_detectron2_resnet_sees_the_same_features(name: str, tmp_path: Path) -> 
             assert not torch.allclose(wrong(images)["res5"], expected[-1], atol=1e-2)
 
 
-for _test in (test_detectron2_resnet_sees_the_same_features,):
-    for _mark in needs_detectron2:
-        _mark(_test)
-
-
 def _config(file: str, opts: list[str]) -> Any:
     compat.apply()
     from detectron2.config import get_cfg
@@ -110,7 +102,7 @@ def _config(file: str, opts: list[str]) -> Any:
 
 
 @pytest.mark.detectron2
-@pytest.mark.skipif(not detectron2_available(), reason="detectron2 is not installed")
+@requires_detectron2
 def test_mask_rcnn_config_normalises_rgb_like_our_backbone(tmp_path: Path) -> None:
     compat.apply()
     from detectron2.checkpoint import DetectionCheckpointer
@@ -132,7 +124,7 @@ def test_mask_rcnn_config_normalises_rgb_like_our_backbone(tmp_path: Path) -> No
 
 
 @pytest.mark.detectron2
-@pytest.mark.skipif(not detectron2_available(), reason="detectron2 is not installed")
+@requires_detectron2
 def test_voc_c4_config_builds_extra_norm_head_and_loads_res5(tmp_path: Path) -> None:
     compat.apply()
     from detectron2.checkpoint import DetectionCheckpointer
@@ -158,7 +150,7 @@ def test_voc_c4_config_builds_extra_norm_head_and_loads_res5(tmp_path: Path) -> 
 
 
 @pytest.mark.detectron2
-@pytest.mark.skipif(not detectron2_available(), reason="detectron2 is not installed")
+@requires_detectron2
 def test_every_virtex_config_parses() -> None:
     for path in sorted(CONFIGS.glob("[!_]*.yaml")):
         cfg = _config(path.name, [])
@@ -170,7 +162,7 @@ def test_every_virtex_config_parses() -> None:
 
 
 @pytest.mark.detectron2
-@pytest.mark.skipif(not detectron2_available(), reason="detectron2 is not installed")
+@requires_detectron2
 def test_missing_compiled_op_fails_with_a_clear_error() -> None:
     if compat.compiled_ops_available():
         pytest.skip("this detectron2 has its compiled ops")
@@ -216,7 +208,7 @@ def _pretrained_checkpoint(path: Path) -> Path:
 
 
 @pytest.mark.detectron2
-@pytest.mark.skipif(not detectron2_available(), reason="detectron2 is not installed")
+@requires_detectron2
 def test_mask_rcnn_fine_tunes_on_builtin_data_and_gets_coco_ap(tmp_path: Path) -> None:
     from virtex_data.synth import generate
 
@@ -254,3 +246,44 @@ def test_mask_rcnn_fine_tunes_on_builtin_data_and_gets_coco_ap(tmp_path: Path) -
     assert metrics["weights"] == str(out / "backbone_detectron2.pth")
     assert evaluated["weights"] == str(out / "model_final.pth") and evaluated["iteration"] is None
     assert evaluated["bbox"]["AP"] == pytest.approx(metrics["bbox"]["AP"], abs=1e-6)
+
+
+@pytest.mark.detectron2
+@requires_detectron2
+def test_registered_builtin_data_scores_its_own_ground_truth_as_perfect(tmp_path: Path) -> None:
+    """Registration check: ground-truth instances, passed through the registered category
+    mapping as predictions, must get AP 100 from detectron2's COCO evaluator."""
+    from virtex_data.synth import generate
+
+    compat.apply()
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.evaluation import COCOEvaluator
+    from detectron2.structures import Boxes, BoxMode, Instances
+    from detectron2.structures.masks import polygons_to_bitmask
+
+    from virtex_eval.detectron2.datasets import register_synth
+
+    generate(tmp_path, train=1, val=3, size=64, workers=1, progress=False)
+    names = register_synth(tmp_path, prefix=f"gt_{tmp_path.name}")
+    val = names[-1]
+    assert MetadataCatalog.get(val).thing_classes[0] == "circle"
+    evaluator = COCOEvaluator(val, ("bbox", "segm"), distributed=False, use_fast_impl=False)
+    evaluator.reset()
+    for record in DatasetCatalog.get(val):
+        annotations = record["annotations"]
+        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations]
+        image_size = (record["height"], record["width"])
+        instances = Instances(image_size)
+        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+        instances.scores = torch.ones(len(annotations))
+        instances.pred_classes = torch.tensor([a["category_id"] for a in annotations])
+        instances.pred_masks = torch.stack(
+            [
+                torch.from_numpy(polygons_to_bitmask(a["segmentation"], *image_size))
+                for a in annotations
+            ]
+        )
+        evaluator.process([{"image_id": record["image_id"]}], [{"instances": instances}])
+    results = evaluator.evaluate()
+    assert results["bbox"]["AP"] == pytest.approx(100.0)
+    assert results["segm"]["AP"] == pytest.approx(100.0)

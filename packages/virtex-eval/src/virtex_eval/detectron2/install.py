@@ -288,6 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Upstream's own instructions; it compiles against the installed torch.
             _pip("install", "--no-build-isolation", UPSTREAM_URL, quiet=False)
         else:
+            if not _modern_setuptools():
+                # Running the sdist's setup.py (pip download) and building ours both need it
+                # in this environment, not in an isolated one (the former imports torch).
+                _pip("install", "setuptools>=70.1")
             with tempfile.TemporaryDirectory(prefix="virtex-d2-dl-") as scratch:
                 sdist = args.sdist or _download_sdist(Path(scratch))
                 build_from_sdist(sdist)
