@@ -104,5 +104,6 @@ def test_load_names_the_file(tmp_path: Path) -> None:
 
 def test_package_versions_name_ours() -> None:
     versions = package_versions()
-    assert versions["torch"] == torch.__version__
+    assert versions["torch"] == str(torch.__version__)
+    assert all(type(v) is str for v in versions.values())  # weights_only-loadable
     assert versions["virtex_train"] == "0.1.0"

@@ -155,7 +155,7 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 def package_versions() -> dict[str, str]:
     """Versions of Python, torch and our packages (for the checkpoint's ``versions`` entry)."""
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    versions = {"python": platform.python_version(), "torch": str(torch.__version__)}
     for module in ("virtex_data", "virtex_models", "virtex_train", "torchvision"):
         try:
             versions[module] = str(importlib.import_module(module).__version__)
