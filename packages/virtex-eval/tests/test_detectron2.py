@@ -287,3 +287,23 @@ def test_registered_builtin_data_scores_its_own_ground_truth_as_perfect(tmp_path
     results = evaluator.evaluate()
     assert results["bbox"]["AP"] == pytest.approx(100.0)
     assert results["segm"]["AP"] == pytest.approx(100.0)
+
+
+@pytest.mark.detectron2
+@requires_detectron2
+def test_bad_inputs_are_named(tmp_path: Path) -> None:
+    from virtex_data.synth import generate
+
+    generate(tmp_path / "synth", train=2, val=1, size=32, workers=1, progress=False)
+    checkpoint = _pretrained_checkpoint(tmp_path / "final.pt")
+    args = ["--checkpoint", str(checkpoint), "--d2-config", str(CONFIGS / "synth_segm_quick.yaml")]
+    args += ["--synth", str(tmp_path / "synth"), "--output-dir", str(tmp_path / "out")]
+    wrong = CliRunner().invoke(detectron2_command, [*args, "MODEL.ROI_HEADS.NUM_CLASSES", "80"])
+    assert wrong.exit_code != 0
+    assert "has 6 classes but MODEL.ROI_HEADS.NUM_CLASSES is 80" in wrong.output
+    odd = CliRunner().invoke(detectron2_command, [*args, "SOLVER.MAX_ITER"])
+    assert odd.exit_code != 0 and "KEY VALUE pairs" in odd.output
+    missing = CliRunner().invoke(
+        detectron2_command, [*args, "--coco", "x", str(tmp_path / "none.json"), str(tmp_path)]
+    )
+    assert missing.exit_code != 0 and "none.json does not exist" in missing.output

@@ -104,6 +104,6 @@ def detectron2_command(
                 coco=[tuple(c) for c in coco],  # type: ignore[misc]
             )
         )
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
         raise click.ClickException(str(error)) from error
     click.echo(json.dumps(metrics, indent=2))
