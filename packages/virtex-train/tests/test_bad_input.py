@@ -184,10 +184,9 @@ def test_resume_with_another_vocabulary_is_refused(data: Any, tmp_path: Path) ->
     other = CaptionTokenizer.train(captions, vocab_size=30)
     other.save(tmp_path / "other.json")
     config = _config(data, f"data.tokenizer={tmp_path / 'other.json'}", "train.num_steps=4")
-    with pytest.raises(
-        PretrainError,
-        match=rf"vocabulary of {CaptionTokenizer.from_file(data.tokenizer).vocab_size} tokens.*has {other.vocab_size}",
-    ):
+    size = CaptionTokenizer.from_file(data.tokenizer).vocab_size
+    expected = rf"vocabulary of {size} tokens.*has {other.vocab_size}"
+    with pytest.raises(PretrainError, match=expected):
         pretrain(config, tmp_path / "run", resume=True, progress=False)
 
 
