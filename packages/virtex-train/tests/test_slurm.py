@@ -154,7 +154,7 @@ def test_one_task_per_gpu_on_every_node() -> None:
     assert params["ntasks_per_node"] == 8
     assert params["gpus_per_node"] == 8
     assert params["time"] == 1440
-    assert params["additional_parameters"] == {"constraint": "a100", "mem": "0"}
+    assert params["additional_parameters"] == {"requeue": True, "constraint": "a100", "mem": "0"}
 
 
 def test_sbatch_script_holds_every_requested_option(tmp_path: Path) -> None:
@@ -185,6 +185,7 @@ def test_sbatch_script_holds_every_requested_option(tmp_path: Path) -> None:
         "#SBATCH --mem=64G",
         "#SBATCH --job-name=virtex-r50",
         "#SBATCH --signal=USR2@150",
+        "#SBATCH --requeue",
         f"#SBATCH --output={tmp_path}/slurm/%j_0_log.out",
         "module load cuda",
     ):

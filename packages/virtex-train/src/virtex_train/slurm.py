@@ -183,12 +183,12 @@ def slurm_parameters(resources: SlurmResources) -> dict[str, Any]:
     params.update({key: value for key, value in optional.items() if value is not None})
     if resources.setup:
         params["setup"] = list(resources.setup)
-    additional = dict(resources.extra)
+    # --requeue: sites with JobRequeue=0 would otherwise refuse the job's own `scontrol requeue`.
+    additional: dict[str, Any] = {"requeue": True, **resources.extra}
     if resources.mem is not None:
         # Passed verbatim: submitit's own `mem` parameter converts numbers of GB only.
         additional["mem"] = resources.mem
-    if additional:
-        params["additional_parameters"] = additional
+    params["additional_parameters"] = additional
     return params
 
 
