@@ -62,7 +62,7 @@ def thing_classes(json_file: str | os.PathLike[str]) -> list[str]:
 def register_coco_folder(
     name: str, json_file: str | os.PathLike[str], image_root: str | os.PathLike[str]
 ) -> None:
-    """Register a COCO-format instances dataset (idempotent for the same files).
+    """Register a COCO-format instances dataset (idempotent; other files replace the entry).
 
     Raises:
         FileNotFoundError: the annotation file or image folder is missing, naming it.
@@ -76,7 +76,9 @@ def register_coco_folder(
     if name in DatasetCatalog.list():
         if MetadataCatalog.get(name).get("json_file") == str(json_file):
             return
-        raise ValueError(f"dataset {name!r} is already registered with other files")
+        # Another folder under the same name (a second run in one process): the latest wins.
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
     register_coco_instances(
         name, {"thing_classes": thing_classes(json_file)}, str(json_file), str(image_root)
     )
