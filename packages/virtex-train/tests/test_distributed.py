@@ -1,0 +1,119 @@
+"""Environment detection, and two gloo processes against a single-process computation."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _tiny import ToyCaptions, toy_model
+
+from virtex_train.distributed import DistEnv, detect_env
+
+WORKER = Path(__file__).parent / "_ddp_worker.py"
+
+
+def test_single_process_by_default() -> None:
+    assert detect_env({}) == DistEnv()
+    # A SLURM batch script without srun: one process, whatever SLURM_NTASKS says.
+    assert detect_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "8"}).world_size == 1
+
+
+def test_torchrun_environment() -> None:
+    env = detect_env(
+        {
+            "RANK": "5",
+            "WORLD_SIZE": "16",
+            "LOCAL_RANK": "1",
+            "MASTER_ADDR": "node3",
+            "MASTER_PORT": "1234",
+        }
+    )
+    assert env == DistEnv(5, 16, 1, "node3", 1234, "torchrun")
+    assert not env.is_main and env.distributed
+
+
+def test_slurm_environment() -> None:
+    slurm = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_STEP_ID": "0"}
+    env = detect_env({**slurm, "MASTER_ADDR": "gpu01"})
+    assert env == DistEnv(3, 4, 1, "gpu01", 29500, "slurm")
+    assert detect_env({**slurm, "SLURM_JOB_NODELIST": "gpu07,gpu08"}).master_addr == "gpu07"
+    with pytest.raises(ValueError, match="MASTER_ADDR"):
+        detect_env({**slurm, "SLURM_JOB_NODELIST": "gpu[01-02]"})
+    with pytest.raises(ValueError, match="SLURM_PROCID='x'"):
+        detect_env({**slurm, "SLURM_PROCID": "x", "MASTER_ADDR": "a"})
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _launch(out: Path, steps: int, mode: str) -> list[dict]:
+    """Two ranks with torchrun's variables (what ``torchrun --nproc-per-node 2`` sets)."""
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(sys.path),
+            "OMP_NUM_THREADS": "1",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(WORKER), str(out), str(steps), mode],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    for proc in procs:
+        output, _ = proc.communicate(timeout=240)
+        assert proc.returncode == 0, output
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+@pytest.mark.timeout(400)
+def test_two_gloo_ranks_equal_one_process_on_the_combined_batch(tmp_path: Path) -> None:
+    # Two steps, rank 0 checkpoints; then both ranks restart from it and do two more (the
+    # sampler resumes mid-epoch on every rank).
+    first = _launch(tmp_path, 2, "fresh")
+    ranks = _launch(tmp_path, 4, "resume")
+    for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
+        assert torch.equal(a, b)  # every rank holds the same weights
+    assert first[0]["losses"] == first[1]["losses"]  # the logged loss is the global mean
+
+    # Independent single-process computation: the sampler's order is DistributedSampler's
+    # (permutation with seed 0 + epoch, rank r takes every second index); a step averages the
+    # two ranks' losses over their 4 images each, then clips and applies SGD.
+    data = ToyCaptions(16)
+    model = toy_model(dropout=0.0, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    losses = []
+    for step in range(4):
+        epoch, within = divmod(step, 2)
+        order = torch.randperm(16, generator=torch.Generator().manual_seed(epoch)).tolist()
+        optimizer.zero_grad()
+        parts = [order[r::2][4 * within : 4 * within + 4] for r in range(2)]
+        loss = sum(model(data.collate(part)).loss for part in parts) / 2
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+    assert first[0]["losses"] + ranks[0]["losses"] == pytest.approx(losses, rel=1e-5)
+    for got, expected in zip(ranks[0]["params"], model.parameters()):
+        torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-6)
