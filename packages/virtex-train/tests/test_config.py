@@ -234,11 +234,3 @@ def test_parse_and_apply_override_helpers() -> None:
     assert parse_override("a=") == (["a"], None)
     merged = apply_overrides({"optim": {"lr": 1.0, "kind": "sgd"}}, ["optim.lr=2"])
     assert merged == {"optim": {"lr": 2, "kind": "sgd"}}
-
-
-def test_quickstart_yaml_file_matches_quickstart_config() -> None:
-    root = Path(__file__).resolve().parents[3]
-    path = root / "configs" / "quickstart.yaml"
-    if not path.exists():
-        pytest.fail(f"{path} is missing")
-    assert load_config(path) == quickstart_config()

@@ -158,6 +158,25 @@ def test_param_groups_split_visual_and_other_and_exclude_norm_bias_embedding() -
     )
 
 
+class Wrapper(nn.Module):
+    """Holds the model as ``_orig_mod``, like ``torch.compile``'s ``OptimizedModule`` (whose
+    import alone takes ~20 s here)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self._orig_mod = module
+
+
+def test_compiled_wrapper_gives_the_same_groups() -> None:
+    objective = tiny_objective()
+    cfg = OptimConfig(lookahead=LookaheadConfig(enabled=False))
+    plain = build_optimizer(objective, cfg)
+    wrapped = build_optimizer(Wrapper(objective), cfg)
+    assert [g["name"] for g in wrapped.param_groups] == list(GROUP_NAMES)
+    for a, b in zip(plain.param_groups, wrapped.param_groups):
+        assert [id(p) for p in a["params"]] == [id(p) for p in b["params"]]
+
+
 def test_no_decay_list_selects_kinds() -> None:
     objective = tiny_objective()
     only_bias = OptimConfig(no_decay=["bias"], lookahead=LookaheadConfig(enabled=False))

@@ -191,6 +191,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
     else:
         path = Path(path)
         raw = _read_yaml(path)
+        # Imported here: legacy_config builds on this module.
         from virtex_train.legacy_config import is_legacy_config, load_legacy_config
 
         if is_legacy_config(raw):

@@ -172,6 +172,17 @@ def _param_kinds(module: nn.Module) -> dict[int, set[str]]:
     return kinds
 
 
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The model inside ``DistributedDataParallel`` and ``torch.compile`` wrappers."""
+    while True:
+        inner = getattr(module, "_orig_mod", None)
+        if isinstance(module, nn.parallel.DistributedDataParallel):
+            inner = module.module
+        if not isinstance(inner, nn.Module):
+            return module
+        module = inner
+
+
 def param_groups(objective: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     """The optimiser's parameter groups for ``objective`` (see the module docstring).
 
@@ -180,10 +191,11 @@ def param_groups(objective: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]
     learning rate the schedule multiplies) and ``weight_decay``.
 
     Args:
-        objective: the model; its ``visual`` attribute (if any) is the visual backbone.
+        objective: the model, or a DDP / ``torch.compile`` wrapper of it; its ``visual``
+            attribute (if any) is the visual backbone.
         cfg: learning rates, weight decay and the ``no_decay`` kinds.
     """
-    visual = getattr(objective, "visual", None)
+    visual = getattr(_unwrap(objective), "visual", None)
     visual_ids = (
         {id(p) for p in visual.parameters()} if isinstance(visual, nn.Module) else set[int]()
     )
