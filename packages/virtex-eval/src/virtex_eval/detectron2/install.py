@@ -291,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not _modern_setuptools():
                 # Running the sdist's setup.py (pip download) and building ours both need it
                 # in this environment, not in an isolated one (the former imports torch).
-                _pip("install", "setuptools>=70.1")
+                # Below 81 it still ships pkg_resources (detectron2.model_zoo imports it).
+                _pip("install", "setuptools>=70.1,<81")
             with tempfile.TemporaryDirectory(prefix="virtex-d2-dl-") as scratch:
                 sdist = args.sdist or _download_sdist(Path(scratch))
                 build_from_sdist(sdist)
