@@ -346,3 +346,29 @@ def test_spice_runs_the_jar_and_reads_its_output(tmp_path: Path) -> None:
     )
     assert per_image == {"a": 0.5, "b": 0.25}
     assert mean == pytest.approx(0.375)
+
+
+@pytest.mark.slow
+def test_benchmark_runs_in_quick_mode() -> None:
+    import subprocess
+
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "eval_caption.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| greedy |" in result.stdout and "| beam 5 |" in result.stdout
+
+
+def test_bad_image_is_named_from_a_dataloader_worker(tmp_path: Path) -> None:
+    data, _ = h.trained()
+    torch.save(data, tmp_path / "model.pt")
+    folder = tmp_path / "photos"
+    h.write_images(folder)
+    (folder / "zz_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    result = CliRunner().invoke(
+        caption_command,
+        ["--checkpoint", str(tmp_path / "model.pt"), str(folder), "--workers", "1"],
+    )
+    assert result.exit_code == 1
+    assert "zz_broken.jpg" in result.output and "Traceback" not in result.output

@@ -166,3 +166,13 @@ def test_cli_writes_metrics_and_predictions(tmp_path: Path) -> None:
         zeroshot_command, ["--checkpoint", str(tmp_path / "m.pt"), "--images", str(tree)]
     )
     assert result.exit_code == 1 and "cannot caption" in result.output
+
+
+def test_class_chunks_do_not_change_scores(tmp_path: Path) -> None:
+    data, _ = h.trained()
+    captioner = load_captioner(data)
+    images, _ = h.scene_tensors(h.write_images(tmp_path)[0].parent)
+    names = ["red square", "blue circles in the sky", "green tree", "house"]
+    whole = ZeroShotClassifier(captioner, names, "a {}").scores(images)
+    chunked = ZeroShotClassifier(captioner, names, "a {}", class_chunk=3).scores(images)
+    assert torch.allclose(whole, chunked, atol=1e-5)

@@ -43,7 +43,17 @@ _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFE
 class ImageFileError(ValueError):
     """An image file that cannot be used; the message starts with its path."""
 
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], reason: str | None = None) -> None:
+        if reason is None:
+            # One argument: a formatted message, e.g. a DataLoader worker's re-raise, which wraps
+            # the original message in the worker's traceback: keep only the original.
+            lines = [line for line in str(path).splitlines() if line.strip()]
+            message = lines[-1] if lines else str(path)
+            message = message.removeprefix(f"{type(self).__name__}: ")
+            super().__init__(message)
+            self.path: Path | None = None
+            self.reason = message
+            return
         super().__init__(f"{path}: {reason}")
         self.path = Path(path)
         self.reason = reason

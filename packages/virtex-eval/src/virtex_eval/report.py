@@ -167,11 +167,13 @@ def training_plots(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]
     plots = []
     for title, group in groups:
         figure, axes = plt.subplots(figsize=(6.4, 3.4))
+        plotted: list[float] = []
         for key in group:
             for split in sorted(keys[key]):
                 steps, values = _series(records, split, key)
                 if not steps:
                     continue
+                plotted.extend(values)
                 dashed = key != "loss" and title == "Loss"  # loss components
                 axes.plot(
                     steps,
@@ -181,7 +183,6 @@ def training_plots(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]
                     markersize=3,
                     label=f"{split} {key}",
                 )
-        plotted = [v for line in axes.lines for v in line.get_ydata()]
         if plotted and min(plotted) > 0 and max(plotted) / min(plotted) > 100:
             axes.set_yscale("log")  # e.g. a backbone LR 10^4 times the head's
         axes.set_xlabel("step")

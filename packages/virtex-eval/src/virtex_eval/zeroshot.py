@@ -85,6 +85,7 @@ class ZeroShotClassifier:
         direction: ``forward``, ``backward`` (bidirectional models only) or ``both``
             (``None``: ``both`` if the model is bidirectional, else ``forward``).
         normalize: divide each direction's log-likelihood by its number of predicted tokens.
+        class_chunk: prompts scored together per image batch (bounds memory for many classes).
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class ZeroShotClassifier:
         *,
         direction: Direction | None = None,
         normalize: bool = False,
+        class_chunk: int = 64,
     ) -> None:
         if "{}" not in prompt:
             raise ValueError(f"the prompt template {prompt!r} needs a {{}} for the class name")
@@ -114,6 +116,7 @@ class ZeroShotClassifier:
         self.prompts = [prompt.replace("{}", name) for name in self.class_names]
         self.direction: Direction = direction
         self.normalize = normalize
+        self.class_chunk = max(1, class_chunk)
         tokens, lengths = _prompt_tokens(
             captioner.tokenizer, self.prompts, objective.textual.max_length
         )
@@ -126,10 +129,23 @@ class ZeroShotClassifier:
         objective = self.captioner.objective
         images = images.to(self.captioner.device)
         memory = objective.textual.project(objective.visual(images))  # (B, S, D)
-        batch, classes = images.shape[0], len(self.prompts)
-        memory = memory.repeat_interleave(classes, dim=0)  # (B * C, S, D)
-        tokens = self.tokens.repeat(batch, 1)
-        lengths = self.lengths.repeat(batch)
+        # Prompts in chunks: B * chunk (image, prompt) pairs at a time bound the memory.
+        return torch.cat(
+            [
+                self._chunk_scores(memory, start, min(start + self.class_chunk, len(self.prompts)))
+                for start in range(0, len(self.prompts), self.class_chunk)
+            ],
+            dim=1,
+        )
+
+    def _chunk_scores(self, memory: Tensor, first: int, last: int) -> Tensor:
+        objective = self.captioner.objective
+        batch, classes = memory.shape[0], last - first
+        memory = memory.repeat_interleave(classes, dim=0)  # (B * c, S, D)
+        tokens = self.tokens[first:last].repeat(batch, 1)
+        lengths = self.lengths[first:last].repeat(batch)
+        width = int(lengths.max())
+        tokens = tokens[:, :width]
         predicted = (lengths - 1).float()
         total = torch.zeros(batch * classes, device=memory.device)
         if self.direction in ("forward", "both"):
