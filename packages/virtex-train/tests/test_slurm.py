@@ -467,39 +467,15 @@ def scontrol_job(cluster: slurm_cluster.SlurmCluster, job_id: str) -> dict[str, 
     return dict(item.split("=", 1) for item in text.split() if "=" in item)
 
 
-@pytest.mark.slurm
-def test_slurm_job_runs_one_task_per_slot_with_torch_ranks(
-    cluster: slurm_cluster.SlurmCluster,
-    tmp_path_factory: pytest.TempPathFactory,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
-    out = tmp_path_factory.mktemp("slurm-ranks")
-    resources = SlurmResources(
-        gpus_per_node=0, tasks_per_node=2, time_min=5, partition=cluster.partition, cpus_per_task=1
-    )
-    job = submit(
-        small_config(4, 2), out, resources, cluster="slurm", train_function=fake_pretraining
-    )
-    wait_for(lambda: len(attempts(out)) == 2, 90, "both tasks", out / "slurm")
-    results = job.results()
-    assert results[0] == out / "checkpoints" / "step_0000004.pt"
-    records = sorted(attempts(out), key=lambda r: r["rank"])
-    assert [r["env"]["RANK"] for r in records] == ["0", "1"]
-    assert [r["env"]["LOCAL_RANK"] for r in records] == ["0", "1"]
-    assert {r["env"]["WORLD_SIZE"] for r in records} == {"2"}
-    assert {r["env"]["MASTER_PORT"] for r in records} == {str(rendezvous_port(job.job_id))}
-    assert {r["env"]["MASTER_ADDR"] for r in records} == {slurm_cluster.NODE}
-    assert {r["slurm_job"] for r in records} == {job.job_id}
-
-
 def recorded_pretraining(
     config: ExperimentConfig, output_dir: Path, *, resume: bool = False
 ) -> Path:
     """The real ``run_pretraining``, plus one line per attempt: the checkpoint it started from."""
     from virtex_train.pretrain import run_pretraining
 
+    keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     record: dict[str, Any] = {
+        "env": {key: os.environ.get(key) for key in keys},
         "start": checkpoint_step(output_dir) or 0,
         "slurm_job": os.environ.get("SLURM_JOB_ID"),
         "slurm_restarts": os.environ.get("SLURM_RESTART_COUNT", "0"),
@@ -574,3 +550,32 @@ def test_slurm_time_out_checkpoints_requeues_and_resumes_the_real_trainer(
         if (record := json.loads(line))["split"] == "train"
     ]
     assert steps == list(range(1, 81))
+
+
+@pytest.mark.slurm
+def test_slurm_tasks_form_one_ddp_run_of_the_real_trainer(
+    cluster: slurm_cluster.SlurmCluster,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config = tiny_experiment(tmp_path_factory.mktemp("data"), num_steps=4, checkpoint_every=2)
+    out = tmp_path_factory.mktemp("slurm-ranks")
+    resources = SlurmResources(
+        gpus_per_node=0, tasks_per_node=2, time_min=5, partition=cluster.partition, cpus_per_task=1
+    )
+    job = submit(config, out, resources, cluster="slurm", train_function=recorded_pretraining)
+    wait_for(lambda: len(attempts(out)) == 2, 120, "both tasks", out / "slurm")
+    assert job.results() == [out / "checkpoints" / "final.pt"] * 2
+    records = sorted(attempts(out), key=lambda r: r["env"]["RANK"])
+    assert [r["env"]["RANK"] for r in records] == ["0", "1"]
+    assert [r["env"]["LOCAL_RANK"] for r in records] == ["0", "1"]
+    assert {r["env"]["WORLD_SIZE"] for r in records} == {"2"}
+    assert {r["env"]["MASTER_PORT"] for r in records} == {str(rendezvous_port(job.job_id))}
+    assert {r["env"]["MASTER_ADDR"] for r in records} == {slurm_cluster.NODE}
+    assert {r["slurm_job"] for r in records} == {job.job_id}
+    # One run of 4 steps (a process group of 2 formed through MASTER_ADDR/MASTER_PORT), logged
+    # once by rank 0.
+    train = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in train if r["split"] == "train"] == [1, 2, 3, 4]
