@@ -301,6 +301,8 @@ def test_bad_inputs_are_named(tmp_path: Path) -> None:
     wrong = CliRunner().invoke(detectron2_command, [*args, "MODEL.ROI_HEADS.NUM_CLASSES", "80"])
     assert wrong.exit_code != 0
     assert "has 6 classes but MODEL.ROI_HEADS.NUM_CLASSES is 80" in wrong.output
+    unknown = CliRunner().invoke(detectron2_command, [*args, "SOLVER.MAX_ITERS", "3"])
+    assert unknown.exit_code != 0 and "SOLVER.MAX_ITERS" in unknown.output
     odd = CliRunner().invoke(detectron2_command, [*args, "SOLVER.MAX_ITER"])
     assert odd.exit_code != 0 and "KEY VALUE pairs" in odd.output
     missing = CliRunner().invoke(

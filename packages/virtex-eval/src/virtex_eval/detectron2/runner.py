@@ -107,9 +107,16 @@ def build_config(
     if len(run.opts) % 2:
         raise ValueError(f"overrides come as KEY VALUE pairs, got an odd list: {run.opts}")
     cfg = get_cfg()
-    cfg.merge_from_file(str(run.d2_config))
+    # yacs reports an unknown key as KeyError / a wrong type as ValueError, without the source.
+    try:
+        cfg.merge_from_file(str(run.d2_config))
+    except (KeyError, ValueError, AssertionError) as error:
+        raise ValueError(f"{run.d2_config}: {error}") from None
     cfg.merge_from_list(list(backbone_opts))
-    cfg.merge_from_list(list(run.opts))
+    try:
+        cfg.merge_from_list(list(run.opts))
+    except (KeyError, ValueError, AssertionError) as error:
+        raise ValueError(f"command-line override: {error}") from None
     if weights is not None:
         cfg.MODEL.WEIGHTS = weights
     if run.output_dir is not None:
