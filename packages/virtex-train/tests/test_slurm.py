@@ -396,7 +396,7 @@ def test_dry_run_prints_the_batch_script_and_submits_nothing(tmp_path: Path) -> 
     ]
     result = CliRunner().invoke(submit_command, args)
     assert result.exit_code == 0, result.output
-    assert "16 task(s): 2 node(s) x 8 (1 GPU, 2 CPUs each); 4 images per task" in result.output
+    assert "16 task(s): 2 node(s) x 8 (1 GPU, 2 CPU(s) each); 4 images per task" in result.output
     for line in (
         "#SBATCH --nodes=2",
         "#SBATCH --ntasks-per-node=8",

@@ -577,7 +577,7 @@ def submit_command(
     per_task = "1 GPU" if resources.gpus_per_node else "no GPU"
     summary = (
         f"{resources.world_size} task(s): {resources.nodes} node(s) x "
-        f"{resources.ntasks_per_node} ({per_task}, {resources.cpus_per_task} CPUs each); "
+        f"{resources.ntasks_per_node} ({per_task}, {resources.cpus_per_task} CPU(s) each); "
         f"{experiment.train.batch_size // resources.world_size} images per task and step"
     )
     if dry_run:
