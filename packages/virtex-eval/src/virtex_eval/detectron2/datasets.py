@@ -21,6 +21,8 @@ import os
 import sys
 from pathlib import Path
 
+from virtex_eval.detectron2 import compat
+
 __all__ = [
     "SYNTH_PREFIX",
     "register_coco_folder",
@@ -67,6 +69,7 @@ def register_coco_folder(
     Raises:
         FileNotFoundError: the annotation file or image folder is missing, naming it.
     """
+    compat.apply()
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import register_coco_instances
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from virtex_eval.detectron2 import compat
+
 __all__ = ["register_modeling"]
 
 
 def register_modeling() -> None:
     """Register ``Res5ROIHeadsExtraNorm`` in detectron2's ``ROI_HEADS_REGISTRY`` (idempotent).
 
-    Call after :func:`virtex_eval.detectron2.compat.apply`, in every process that builds models.
+    Call in every process that builds models (it applies the compat shims first).
     """
+    compat.apply()
     from detectron2.layers import get_norm
     from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
 
