@@ -418,6 +418,19 @@ def test_batch_that_does_not_split_over_the_tasks_is_refused_before_queueing(
     assert "train.batch_size=32 does not split over 24 tasks" in result.output
 
 
+def test_submit_without_slurm_says_so_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    # No CONFIG: the quickstart, whose built-in data would be generated in ./data/synth.
+    args = ["-o", "run", "--time", "60"]
+    result = CliRunner().invoke(submit_command, args, env={"PATH": str(tmp_path)})
+    assert result.exit_code != 0
+    assert "srun not found" in result.output
+    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "data").exists()
+
+
 def test_time_limit_is_required(tmp_path: Path) -> None:
     result = CliRunner().invoke(submit_command, ["-o", str(tmp_path), "--dry-run"])
     assert result.exit_code != 0

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -585,6 +586,11 @@ def submit_command(
         click.echo(f"# run directory {output_dir}; logs in {output_dir / 'slurm'}/")
         click.echo(sbatch_script(output_dir, resources), nl=False)
         return
+    if shutil.which("srun") is None:
+        raise click.ClickException(
+            "srun not found: submit from a Slurm login node (--dry-run prints the batch script "
+            "anywhere)"
+        )
     if config is None:
         # The quickstart's built-in data is made here, once, not by every task of the job.
         from virtex_train.quickstart import ensure_builtin_data
