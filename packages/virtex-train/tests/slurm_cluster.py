@@ -109,6 +109,18 @@ class SlurmCluster:
     def partition(self) -> str:
         return PARTITION
 
+    @property
+    def slurm_user(self) -> str | None:
+        """The user the daemons run as (``SlurmUser`` in slurm.conf)."""
+        for line in self.conf.read_text().splitlines():
+            if line.startswith("SlurmUser="):
+                return line.split("=", 1)[1].strip()
+        return None
+
+    def runs_jobs_of(self, user: str) -> bool:
+        """Daemons running as root run anyone's jobs; others only their own user's."""
+        return self.slurm_user in ("root", user)
+
     def env(self) -> dict[str, str]:
         """The environment for client commands (sbatch, squeue, submitit) against this cluster."""
         return {**os.environ, "SLURM_CONF": str(self.conf)}

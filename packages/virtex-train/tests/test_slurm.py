@@ -7,6 +7,7 @@ marked ``slurm`` run against a real single-node cluster (``slurm_cluster.py``): 
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -465,7 +466,7 @@ def cluster() -> Iterator[slurm_cluster.SlurmCluster]:
         pytest.skip(reason)
     for root in candidates:
         running = slurm_cluster.attach(root)
-        if running is not None:
+        if running is not None and running.runs_jobs_of(getpass.getuser()):
             yield running
             return
     started = slurm_cluster.start()
