@@ -201,3 +201,10 @@ def test_batch_that_does_not_split_is_refused(data: Any, tmp_path: Path) -> None
     config.train.grad_accumulation = 4  # bypasses the config's own check: the trainer's
     with pytest.raises(PretrainError, match="batch_size=6"):
         pretrain(config, tmp_path / "run", progress=False)
+
+
+def test_resume_with_another_architecture_names_the_weights(data: Any, tmp_path: Path) -> None:
+    pretrain(_config(data), tmp_path / "run", progress=False)
+    config = _config(data, "model.textual.width=64", "model.textual.ffn=128", "train.num_steps=4")
+    with pytest.raises(PretrainError, match=r"cannot resume: .*step_0000002.pt.*shape mismatch"):
+        pretrain(config, tmp_path / "run", resume=True, progress=False)

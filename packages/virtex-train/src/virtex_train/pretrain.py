@@ -283,7 +283,10 @@ def _pretrain(
         handle_signals=handle_signals,
     )
     if checkpoint is not None:
-        trainer.load_state_dict(checkpoint, str(latest))
+        try:
+            trainer.load_state_dict(checkpoint, str(latest))
+        except ValueError as error:  # weights of another architecture, another world size ...
+            raise PretrainError(f"cannot resume: {error}") from None
         del checkpoint
     trainer.train()
     distributed.barrier()
