@@ -10,6 +10,7 @@ steps: the figures are the worst case of a trained model's.
     python benchmarks/eval_caption.py               # 32 images, batch 8, 30 steps, best of 2
     python benchmarks/eval_caption.py --quick       # 4 images, 10 steps, 1 round (smoke test)
     python benchmarks/eval_caption.py --device cuda
+    python benchmarks/eval_caption.py --metrics     # metrics: ours vs pycocoevalcap, 5000 x 5 refs
 
 Prints images/s for the "preprocess + visual forward" baseline, greedy and beam 5.
 """
@@ -110,6 +111,80 @@ def best_time(function: object, rounds: int, device: torch.device) -> float:
     return best
 
 
+def metrics_speed(images: int) -> None:
+    """Time our metrics against pycocoevalcap (when installed) on a random corpus."""
+    from virtex_eval.metrics import evaluate_captions
+
+    rng = random.Random(0)
+    words = [
+        "a",
+        "the",
+        "dog",
+        "cat",
+        "man",
+        "woman",
+        "on",
+        "in",
+        "of",
+        "with",
+        "sitting",
+        "standing",
+        "red",
+        "blue",
+        "table",
+        "street",
+        "two",
+        "people",
+        "is",
+        "are",
+        "next",
+        "to",
+        "near",
+        "large",
+        "small",
+        "white",
+        "black",
+        "plate",
+        "food",
+        "pizza",
+        "bus",
+        "train",
+    ]
+
+    def sentence() -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(6, 14)))
+
+    predictions = {i: sentence() for i in range(images)}
+    references = {i: [sentence() for _ in range(5)] for i in range(images)}
+    start = time.perf_counter()
+    ours = evaluate_captions(predictions, references, tokenized=True)
+    rows = [("virtex_eval.metrics, pre-tokenised", time.perf_counter() - start)]
+    start = time.perf_counter()
+    evaluate_captions(predictions, references)
+    rows.append(("virtex_eval.metrics + Python PTB tokenisation", time.perf_counter() - start))
+    try:
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.rouge.rouge import Rouge
+    except ImportError:
+        print("(pycocoevalcap not installed: no comparison)", file=sys.stderr)
+    else:
+        results = {key: [value] for key, value in predictions.items()}
+        start = time.perf_counter()
+        cider, _ = Cider().compute_score(references, results)
+        Bleu(4).compute_score(references, results, verbose=0)
+        Rouge().compute_score(references, results)
+        rows.append(
+            ("pycocoevalcap Cider + Bleu + Rouge, pre-tokenised", time.perf_counter() - start)
+        )
+        print(f"CIDEr ours {ours.corpus['CIDEr']:.12f} pycocoevalcap {cider:.12f}", file=sys.stderr)
+    print(f"\nCIDEr-D + BLEU-1..4 + ROUGE-L, {images} images x 5 references\n")
+    print("| implementation | seconds |")
+    print("|---|---|")
+    for label, seconds in rows:
+        print(f"| {label} | {seconds:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=32)
@@ -119,7 +194,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="4 images, 10 steps, 1 round")
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="time the caption metrics (5000 images x 5 refs) against pycocoevalcap instead",
+    )
     args = parser.parse_args()
+    if args.metrics:
+        metrics_speed(500 if args.quick else 5000)
+        return
     if args.quick:
         args.images, args.max_steps, args.rounds, args.batch_size = 4, 10, 1, 4
     if args.threads:
