@@ -262,6 +262,8 @@ def test_cli_coco_limit_and_missing_image(tmp_path: Path) -> None:
     args = ["--checkpoint", str(checkpoint), "--coco-captions", str(annotations)]
     result = runner.invoke(caption_command, [*args, "--images", str(images), "--limit", "1"])
     assert result.exit_code == 0, result.output
+    result = runner.invoke(caption_command, [*args, "--images", str(images / "nope")])
+    assert result.exit_code == 1 and "nope: no such image folder" in result.output
     (images / "blue.png").unlink()
     result = runner.invoke(caption_command, [*args, "--images", str(images)])
     assert result.exit_code == 1

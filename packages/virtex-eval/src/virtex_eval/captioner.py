@@ -514,6 +514,8 @@ def _caption_coco(
 ) -> None:
     from virtex_eval.metrics import evaluate_captions
 
+    if not image_root.is_dir():
+        raise ValueError(f"{image_root}: no such image folder (--images)")
     files, references = read_coco_captions(coco_captions)
     ids = sorted(files)
     if limit is not None:
