@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,14 +23,17 @@ from virtex_train.trainer import Hook, StepResult, Trainer
 
 
 class Record(Hook):
-    def __init__(self) -> None:
+    def __init__(self, signal_at: int | None) -> None:
         self.losses: list[float] = []
+        self.signal_at = signal_at
 
     def after_step(self, trainer: Trainer, result: StepResult) -> None:
         self.losses.append(result.loss)
+        if result.step == self.signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
-def main(out: Path, num_steps: int, resume: bool) -> None:
+def main(out: Path, num_steps: int, mode: str) -> None:
     torch.set_num_threads(1)
     env = distributed.detect_env()
     device = distributed.setup(env, "cpu")
@@ -45,7 +50,9 @@ def main(out: Path, num_steps: int, resume: bool) -> None:
     def build(trainer: Trainer) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, **trainer.state_dict()}
 
-    record = Record()
+    # "stop-N": rank 1 alone gets a SIGTERM after step N; both ranks must stop there.
+    signal_at = int(mode[5:]) if mode.startswith("stop-") and env.rank == 1 else None
+    record = Record(signal_at)
     trainer = Trainer(
         model,
         optimizer,
@@ -57,17 +64,22 @@ def main(out: Path, num_steps: int, resume: bool) -> None:
         env=env,
         hooks=[record, CheckpointHook(manager, build, every=2, write=env.is_main)],
     )
-    if resume:
+    if mode == "resume":
         latest = manager.latest()
         assert latest is not None
         trainer.load_state_dict(load_checkpoint(latest))
     trainer.train()
     torch.save(
-        {"losses": record.losses, "params": [p.detach() for p in model.parameters()]},
+        {
+            "losses": record.losses,
+            "params": [p.detach() for p in model.parameters()],
+            "step": trainer.step,
+            "interrupted": trainer.interrupted,
+        },
         out / f"rank{env.rank}.pt",
     )
     distributed.teardown()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "resume")
+    main(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3])

@@ -89,9 +89,13 @@ def _launch(out: Path, steps: int, mode: str) -> list[dict]:
 
 @pytest.mark.timeout(400)
 def test_two_gloo_ranks_equal_one_process_on_the_combined_batch(tmp_path: Path) -> None:
-    # Two steps, rank 0 checkpoints; then both ranks restart from it and do two more (the
-    # sampler resumes mid-epoch on every rank).
-    first = _launch(tmp_path, 2, "fresh")
+    # Rank 1 alone gets a SIGTERM after step 2: both ranks stop after step 2 and rank 0
+    # checkpoints; then both restart from it and do two more (the sampler resumes mid-epoch on
+    # every rank).
+    first = _launch(tmp_path, 4, "stop-2")
+    assert [r["step"] for r in first] == [2, 2]
+    assert [r["interrupted"] for r in first] == ["a signal on another rank", "SIGTERM"]
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_0000002.pt"
     ranks = _launch(tmp_path, 4, "resume")
     for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
         assert torch.equal(a, b)  # every rank holds the same weights

@@ -286,20 +286,15 @@ class Trainer:
             images += size
             if self.sampler is not None:
                 self.sampler.advance(size)
-        # One reduction carries the loss, its parts and the stop flag of every rank.
-        stop = 1.0 if self._stop_requested else 0.0
+        # One reduction carries the loss and its parts.
         names = list(component_totals)
-        stats = torch.stack(
-            [loss_total, *(component_totals[n] for n in names), loss_total.new_tensor(stop)]
-        )
+        stats = torch.stack([loss_total, *(component_totals[n] for n in names)])
         all_reduce_sum(stats)
         world = self.env.world_size
         values = (stats / world).tolist()
         loss_value = values[0]
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(self.step + 1)
-        if stats[-1].item() > 0 and self._stop_requested is None:
-            self._stop_requested = "a signal on another rank"
         if self.clip_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm)
@@ -329,8 +324,9 @@ class Trainer:
                 result = self.train_step(batches)
                 for hook in self.hooks:
                     hook.after_step(self, result)
-                if self._stop_requested is not None:
-                    self.interrupted = self._stop_requested
+                stop = self._agreed_stop()
+                if stop is not None:
+                    self.interrupted = stop
                     break
             for hook in self.hooks:
                 hook.after_train(self)
@@ -344,6 +340,17 @@ class Trainer:
     def request_stop(self, reason: str = "stop requested") -> None:
         """Finish the current step, checkpoint and return (what SIGTERM/SIGINT do)."""
         self._stop_requested = reason
+
+    def _agreed_stop(self) -> str | None:
+        """The stop reason if any rank was asked to stop (the same answer on every rank)."""
+        if not self.env.distributed:
+            return self._stop_requested
+        # Decided on the reduced flag, never on the local one alone: a signal may reach one
+        # rank between two collectives, and every rank must leave the loop after the same step.
+        flag = torch.tensor([1.0 if self._stop_requested else 0.0], device=self.device)
+        if all_reduce_sum(flag).item() > 0:
+            return self._stop_requested or "a signal on another rank"
+        return None
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.request_stop(signal.Signals(signum).name)
