@@ -254,6 +254,10 @@ class ValidationHook(Hook):
         self.last_loss: float | None = None
         self.last_samples: list[dict[str, Any]] = []
 
+    def before_train(self, trainer: Trainer) -> None:
+        # A resumed run validated its checkpoint's step already (those records are kept).
+        self.last_step = trainer.step if trainer.step else None
+
     def after_step(self, trainer: Trainer, result: StepResult) -> None:
         if result.step % self.every == 0:
             self.validate(trainer)
