@@ -169,7 +169,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     parser.add_argument("--skip-svm", action="store_true")
     parser.add_argument("--skip-features", action="store_true")
+    parser.add_argument("--svm-classes", type=int, default=None, help="override the class count")
     args = parser.parse_args()
+    classes = args.svm_classes
     full = {
         "arch": "resnet50", "images": 64, "image_size": 224, "batch_size": 32, "workers": 2,
         "rounds": 2, "svm_train": 5011, "svm_test": 4952, "svm_dim": 2048, "svm_classes": 20,
@@ -180,6 +182,8 @@ def main() -> None:
     }  # fmt: skip
     for key, value in (quick if args.quick else full).items():
         setattr(args, key, value)
+    if classes is not None:
+        args.svm_classes = classes
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs")
     if not args.skip_features:
         print("\n".join(bench_features(args)))

@@ -182,3 +182,29 @@ def test_on_features_command_reads_feature_files(tmp_path: Path) -> None:
     args[2] = str(tmp_path / "voc.pt")
     result = CliRunner().invoke(linear_command, args)
     assert result.exit_code == 1 and "single-label" in result.output
+
+
+@pytest.mark.slow  # three Python start-ups and a rendezvous: ~30 s on 2 cores
+def test_two_gloo_processes_train_and_count_every_val_image_once(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    train = make_class_folder(tmp_path / "train", per_class=4)
+    val = make_class_folder(tmp_path / "val", per_class=3, seed=1)  # 9: uneven shards
+    out = tmp_path / "ddp.json"
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\nfrom virtex_eval.linear import linear_command\nlinear_command(sys.argv[1:])\n"
+    )
+    args = ["--weights", "random:resnet18", "--train", str(train), "--val", str(val)]
+    args += ["--epochs", "2", "--batch-size", "6", "--image-size", "32", "--workers", "0"]
+    args += ["--device", "cpu", "--quiet", "--output", str(out)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    command += ["--standalone", str(script), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["images"] == 9 and data["step"] == 4  # 12 images / (2 ranks x 3) per epoch
+    assert data["trainable_parameters"] == 512 * 3 + 3

@@ -232,6 +232,13 @@ def _one_class(k: int) -> tuple[int, float, float, float, int]:
     return k, ap, best_cost, best_cv if best_cv > -math.inf else math.nan, not_converged
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on (the affinity mask under Slurm/cgroups), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(len(os.sched_getaffinity(0)), 1)
+    return os.cpu_count() or 1
+
+
 def train_test_svms(
     train_x: Array,
     train_y: Array,
@@ -254,7 +261,8 @@ def train_test_svms(
         test_x, test_y, test_difficult: the same for the test split.
         classes: names of the ``K`` classes (default: ``class0``...).
         config: the sweep.
-        jobs: worker processes (default: CPU count); ``1`` runs in this process.
+        jobs: worker processes (default: the CPUs this process may use); ``1`` runs in this
+            process.
         progress: show a progress bar over classes.
 
     Raises:
@@ -287,7 +295,7 @@ def train_test_svms(
         "test_y": test_y,
         "test_d": np.asarray(test_difficult, dtype=bool),
     }
-    jobs = min(jobs or os.cpu_count() or 1, count)
+    jobs = min(jobs or _usable_cpus(), count)
     results: list[tuple[int, float, float, float, int]] = []
     start = time.perf_counter()
     bar = tqdm(total=count, desc="VOC07 SVMs", unit="class", disable=not progress, leave=False)
