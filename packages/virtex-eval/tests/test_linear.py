@@ -117,6 +117,28 @@ def test_fine_tuning_recipe_updates_the_backbone(tmp_path: Path) -> None:
     assert result["trainable_parameters"] > 11_000_000  # the whole ResNet-18, not 512 x 3 + 3
 
 
+def test_inaturalist_json_annotations(tmp_path: Path) -> None:
+    root = make_class_folder(tmp_path / "inat" / "images", classes=2, per_class=2)
+    (tmp_path / "inat" / "annotations").mkdir()
+    files = sorted(p.relative_to(tmp_path / "inat") for p in root.rglob("*.jpg"))
+    data = {
+        "images": [{"id": n, "file_name": str(f)} for n, f in enumerate(files)],
+        "annotations": [
+            {"image_id": n, "category_id": 7 if "class_0" in str(f) else 9}
+            for n, f in enumerate(files)
+        ],
+        "categories": [{"id": 7}, {"id": 9}],
+    }
+    annotations = tmp_path / "inat" / "annotations" / "train2018.json"
+    annotations.write_text(json.dumps(data))
+    recipe = replace(RECIPES["inaturalist"], batch_size=2, epochs=1)
+    result = train_linear(
+        "random:resnet18", str(annotations), str(annotations), recipe, workers=0,
+        image_size=32, progress=False,
+    )  # fmt: skip
+    assert result["classes"] == 2 and result["images"] == 4 and result["step"] == 2
+
+
 def test_mismatched_classes_and_empty_class_are_named(tmp_path: Path) -> None:
     train = make_class_folder(tmp_path / "train", classes=3, per_class=1)
     val = make_class_folder(tmp_path / "val", classes=2, per_class=1)
