@@ -245,3 +245,16 @@ def test_bad_voc_roots_are_named(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "trainval.txt disagrees" in result.output
     result = CliRunner().invoke(voc07_command, [*base[:2], "--voc-root", str(tmp_path / "nope")])
     assert result.exit_code != 0 and "nope" in result.output
+
+
+def test_commands_explain_themselves() -> None:
+    from virtex_eval.features import features_command
+    from virtex_eval.linear import linear_command
+
+    for command, words in (
+        (voc07_command, "3-fold CV AP"),
+        (features_command, "torchrun-aware"),
+        (linear_command, "--on-features"),
+    ):
+        result = CliRunner().invoke(command, ["--help"])
+        assert result.exit_code == 0 and words in result.output and "--weights" in result.output
