@@ -29,6 +29,7 @@ VOCAB = VocabSpec(size=10000, pad=0, unk=1, sos=2, eos=3, mask=4)
 def test_every_config_of_the_paper_is_there() -> None:
     assert set(NAMES) == {
         "_base_bicaptioning_R_50_L1_H1024.yaml",
+        "bicaptioning_R_50_L1_H2048.yaml",
         "task_ablations/bicaptioning_R_50_L1_H2048.yaml",
         "task_ablations/captioning_R_50_L1_H2048.yaml",
         "task_ablations/masked_lm_R_50_L1_H2048.yaml",
@@ -145,6 +146,7 @@ def _textual(name: str) -> str:
 
 _CLASSIFIER = '  TEXTUAL:\n    NAME: "none"\nOPTIM:\n  NO_DECAY: "none"\n'
 ORIGINAL_CHILDREN = {
+    "bicaptioning_R_50_L1_H2048.yaml": _textual("L1_H2048_A32_F8192"),
     "task_ablations/bicaptioning_R_50_L1_H2048.yaml": _textual("L1_H2048_A32_F8192"),
     "task_ablations/captioning_R_50_L1_H2048.yaml": 'MODEL:\n  NAME: "captioning"\n'
     '  TEXTUAL:\n    NAME: "transdec_postnorm::L1_H2048_A32_F8192"\n',
@@ -178,8 +180,9 @@ def test_ours_equal_the_imported_original(tmp_path: Path, name: str) -> None:
     if name in ORIGINAL_CHILDREN:
         original = tmp_path / name
         original.parent.mkdir(parents=True, exist_ok=True)
+        parent = "../" if "/" in name else ""
         original.write_text(
-            '_BASE_: "../_base_bicaptioning_R_50_L1_H1024.yaml"\n' + ORIGINAL_CHILDREN[name],
+            f'_BASE_: "{parent}_base_bicaptioning_R_50_L1_H1024.yaml"\n' + ORIGINAL_CHILDREN[name],
             encoding="utf-8",
         )
     imported, ours = load_legacy_config(original), load_config(PRETRAIN / name)
