@@ -176,3 +176,27 @@ def test_sigterm_saves_and_exits_resumable(config_file: Path, tmp_path: Path) ->
     step = torch.load(out / "checkpoints" / latest, weights_only=True)["step"]
     assert step >= 2
     assert not (out / "checkpoints" / "final.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "kind", ["captioning", "masked_lm", "token_classification", "multilabel_classification"]
+)
+def test_every_objective_trains_through_the_same_loop(
+    config_file: Path, tmp_path: Path, kind: str
+) -> None:
+    annotations = Path(load_config(config_file).data.train_lmdb).parent / "annotations"
+    instances = [
+        f"data.train_instances={annotations / 'instances_train.json'}",
+        f"data.val_instances={annotations / 'instances_val.json'}",
+    ]
+    args = [f"model.kind={kind}", "train.num_steps=2", *instances]
+    result = CliRunner().invoke(
+        main, ["pretrain", str(config_file), *args, "-o", str(tmp_path), "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    model, spec = load_objective(tmp_path / "checkpoints" / "final.pt")
+    assert spec.config.kind == kind
+    if kind == "multilabel_classification":
+        assert spec.num_classes == 6  # the synthetic shapes
+    samples = tmp_path / "samples.jsonl"
+    assert samples.exists() == (kind == "captioning")  # only captioning decodes captions

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import subprocess
 import sys
 from pathlib import Path
 
@@ -158,3 +159,44 @@ def test_compiled_forward_gives_the_eager_loss(monkeypatch: pytest.MonkeyPatch) 
     ).train()
     eager = toy_model()(data.collate([0, 1, 2, 3])).loss.item()
     assert record.results[0].loss == pytest.approx(eager, rel=1e-4)
+
+
+@pytest.mark.gpu
+def test_auto_precision_is_bf16_on_cuda() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    device = torch.device("cuda")
+    data = ToyCaptions(8)
+    record = Record()
+    model = toy_model()
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        _loader(data, 4),
+        num_steps=2,
+        device=device,
+        precision=resolve_precision("auto", device),
+        channels_last=True,
+        hooks=[record],
+    )
+    trainer.train()
+    assert trainer.precision == "bf16"
+    fp32 = toy_model()(data.collate([0, 1, 2, 3])).loss.item()
+    assert record.results[0].loss == pytest.approx(fp32, rel=0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_throughput_benchmark_quick_mode_prints_its_table() -> None:
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "train_throughput.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=590
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| R-18")]
+    assert [row.split("|")[4].strip() for row in rows] == [
+        "plain fp32",
+        "virtex_train fp32",
+        "virtex_train best",
+    ]
+    assert "failed" not in done.stdout
