@@ -83,3 +83,67 @@ def test_resume_reproduces_loss_curve_bit_exactly(data: Any, tmp_path: Path) -> 
     )
     # keep_last=2: steps 9 and 10 remain (3 and 6 were pruned; 5 too)
     assert CheckpointManager(tmp_path / "b/checkpoints").steps() == [9, 10]
+
+
+@pytest.mark.timeout(240)
+def test_pretrain_resume_matches_straight_run(
+    data: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole pipeline: LMDB data with augmentation, Lookahead SGD, cosine schedule,
+    validation with decoded captions, logging; stopped after step 3 and resumed."""
+    import json
+
+    from virtex_train import hooks
+    from virtex_train.config import load_config
+    from virtex_train.pretrain import pretrain
+
+    config = load_config(
+        None,
+        [
+            f"data.train_lmdb={data.train_lmdb}",
+            f"data.val_lmdb={data.val_lmdb}",
+            f"data.tokenizer={data.tokenizer}",
+            "data.transform.image_size=32",
+            "model.textual.width=32",
+            "model.textual.ffn=64",
+            "model.decoder.beam_size=2",
+            "model.decoder.max_steps=5",
+            "optim.lookahead.steps=2",
+            "optim.schedule.warmup_steps=2",
+            "train.batch_size=4",
+            "train.num_workers=0",
+            "train.num_steps=7",
+            "train.log_every=1",
+            "train.val_every=2",
+            "train.val_batches=1",
+            "train.sample_captions=2",
+            "train.checkpoint_every=100",
+        ],
+    )
+    straight = pretrain(config, tmp_path / "a", progress=False)
+
+    original = hooks.LoggingHook.after_step
+
+    def stop_at_3(self: Any, trainer: Trainer, result: StepResult) -> None:
+        original(self, trainer, result)
+        if result.step == 3:
+            trainer.request_stop("test")
+
+    monkeypatch.setattr(hooks.LoggingHook, "after_step", stop_at_3)
+    stopped = pretrain(config, tmp_path / "b", progress=False)
+    monkeypatch.undo()
+    assert stopped.interrupted == "test" and stopped.step == 3
+    resumed = pretrain(config, tmp_path / "b", resume=True, progress=False)
+    assert resumed.step == 7 and resumed.interrupted is None
+
+    def curve(run: Path) -> list[tuple[int, str, float]]:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [(r["step"], r["split"], r["loss"]) for r in map(json.loads, lines)]
+
+    assert curve(tmp_path / "b") == curve(tmp_path / "a")  # bit-exact, val losses included
+    assert (tmp_path / "b/samples.jsonl").read_text() == (tmp_path / "a/samples.jsonl").read_text()
+    a = torch.load(straight.checkpoint, weights_only=True)
+    b = torch.load(resumed.checkpoint, weights_only=True)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["optimizer"]["lookahead"] == b["optimizer"]["lookahead"]
