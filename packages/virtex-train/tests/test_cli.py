@@ -96,18 +96,9 @@ def test_pretrain_writes_the_run_directory_and_resumes(config_file: Path, tmp_pa
     model, spec = load_objective(out / "checkpoints" / "final.pt")
     assert spec.config.textual.width == 32
 
-    # --resume with more steps continues from step 4.
+    # --resume with more steps continues from step 4 (the run directory's config.yaml is used).
     result = runner.invoke(
-        main,
-        [
-            "pretrain",
-            str(config_file),
-            "train.num_steps=6",
-            "-o",
-            str(out),
-            "--resume",
-            "--no-progress",
-        ],
+        main, ["pretrain", "train.num_steps=6", "-o", str(out), "--resume", "--no-progress"]
     )
     assert result.exit_code == 0, result.output
     assert "finished 6 steps" in result.output

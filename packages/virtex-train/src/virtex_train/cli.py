@@ -69,13 +69,15 @@ def pretrain_command(
     logs and checkpoints. SIGTERM/SIGINT save a checkpoint and exit (code 143/130); --resume
     continues from it.
 
+    With --resume and no CONFIG, the run directory's own config.yaml is used (plus any
+    overrides, e.g. a larger train.num_steps).
+
     \b
     Examples:
       virtex-train pretrain
       virtex-train pretrain configs/pretrain/bicaptioning_R_50_L1_H2048.yaml \\
           train.batch_size=64 optim.cnn_lr=0.1 --output-dir runs/bicap
-      virtex-train pretrain configs/pretrain/bicaptioning_R_50_L1_H2048.yaml \\
-          --output-dir runs/bicap --resume
+      virtex-train pretrain --output-dir runs/bicap --resume
       torchrun --nproc-per-node 8 -m virtex_train.cli pretrain CONFIG -o runs/bicap
     """
     from virtex_train.checkpoint import CheckpointError
@@ -87,6 +89,10 @@ def pretrain_command(
 
     start = time.perf_counter()
     config_path, overrides = _split_args(args)
+    if config_path is None and resume and output_dir is not None:
+        saved = Path(output_dir) / "config.yaml"
+        if saved.is_file():  # resuming a run by its directory alone: its own resolved config
+            config_path = str(saved)
     if config_path is not None and not Path(config_path).is_file():
         raise click.BadParameter(f"{config_path} does not exist", param_hint="CONFIG")
     try:
