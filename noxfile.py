@@ -1,6 +1,7 @@
 """Sessions for the virtex monorepo.
 
-The README's test command is ``nox -s lint layering typecheck tests`` (what ``.ci/run`` calls).
+The README's test command is ``nox -s lint layering typecheck tests tests-slurm`` (what
+``.ci/run`` calls).
 Every install goes through ``constraints.txt`` so that no session resolves a torch other than the
 tested 2.14.1 / torchvision 0.29.1 (each other build is gigabytes). Environments are reused between
 runs (``reuse_venv``): a second run only re-installs our four packages.
@@ -14,7 +15,7 @@ from pathlib import Path
 import nox
 
 nox.options.reuse_venv = "yes"
-nox.options.sessions = ["lint", "layering", "typecheck", "tests"]
+nox.options.sessions = ["lint", "layering", "typecheck", "tests", "tests-slurm"]
 nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).parent
@@ -44,7 +45,32 @@ def tests(session: nox.Session) -> None:
     """All four packages in one environment: every package's tests and the root tests/."""
     editable = [arg for name in PACKAGES for arg in ("-e", f"{PACKAGES[name]}[test]")]
     session.install(*CONSTRAINTS, *editable, "pytest-timeout")
+    # detectron2 is not on the package index: the installer keeps an importable one, else builds
+    # it (packages/virtex-eval/docs/DETECTRON2.md); a reused environment only re-checks the import.
+    session.run(
+        "python",
+        "-m",
+        "virtex_eval.detectron2.install",
+        env={"PIP_CONSTRAINT": str(ROOT / "constraints.txt")},
+    )
     _pytest(session, *(f"{path}/tests" for path in PACKAGES.values()), "tests")
+
+
+@nox.session(python=PYTHON, name="tests-slurm")
+def tests_slurm(session: nox.Session) -> None:
+    """The `slurm` tests against a real single-node Slurm cluster started here (.ci/slurm-up).
+
+    `.ci/slurm-up` installs Debian's munge/slurmctld/slurmd when missing (apt-get, through
+    `sudo -n` when not root) and starts the daemons as the current user; they are stopped when the
+    session ends. See packages/virtex-train/docs/SLURM.md.
+    """
+    editable = [arg for name in PACKAGES for arg in ("-e", f"{PACKAGES[name]}[test]")]
+    session.install(*CONSTRAINTS, *editable)
+    session.run(str(ROOT / ".ci" / "slurm-up"), external=True)
+    try:
+        _pytest(session, "packages/virtex-train/tests/test_slurm.py", "-m", "slurm")
+    finally:
+        session.run(str(ROOT / ".ci" / "slurm-up"), "--down", external=True)
 
 
 def _package_session(name: str) -> None:
