@@ -119,3 +119,41 @@ def test_dry_run_names_the_route() -> None:
         check=True,
     )
     assert "pb1-detectron2" in helped.stdout
+
+
+def test_sdist_is_fetched_from_the_simple_index_named_by_pip_index_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A local PEP 691 index: the JSON listing names the file by a relative URL.
+    payload = b"sdist bytes"
+    listing = (
+        b'{"meta": {"api-version": "1.1"}, "name": "pb1-detectron2", "files": ['
+        b'{"filename": "pb1-detectron2-0.5.tar.gz", "url": "../../files/old.tar.gz"},'
+        b'{"filename": "pb1-detectron2-0.6.tar.gz", "url": "../../files/new.tar.gz"}]}'
+    )
+    routes = {"/simple/pb1-detectron2/": listing, "/files/new.tar.gz": payload}
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(f"{self.path} {self.headers.get('Accept')}")
+            body = routes.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_port}/simple")
+        path = install._download_sdist(tmp_path)
+    finally:
+        server.shutdown()
+    assert path == tmp_path / "pb1-detectron2-0.6.tar.gz"
+    assert path.read_bytes() == payload
+    assert seen[0] == "/simple/pb1-detectron2/ application/vnd.pypi.simple.v1+json"
+    assert seen[1].startswith("/files/new.tar.gz")

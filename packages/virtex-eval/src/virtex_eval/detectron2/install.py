@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -31,6 +32,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -212,22 +214,25 @@ def build_from_sdist(
 
 
 def _download_sdist(into: Path) -> Path:
-    # pip prepares the sdist's metadata, which runs its setup.py, which imports torch: hence
-    # --no-build-isolation (torch is installed here, not in an isolated build environment).
-    _pip(
-        "download",
-        "--no-deps",
-        "--no-binary",
-        ":all:",
-        "--no-build-isolation",
-        "-d",
-        str(into),
-        PB1_SPEC,
+    # Not `pip download`: pip prepares the sdist's metadata (running its setup.py), and pip >= 25
+    # then refuses it ("Distributions from PyPI cannot declare direct URL dependencies": its
+    # `all` extra names panopticapi by URL). So the file comes straight from the index's simple
+    # API (PEP 691 JSON; $PIP_INDEX_URL or PyPI) and build_from_sdist checks its sha256.
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/") + "/"
+    page = urllib.parse.urljoin(index, "pb1-detectron2/")
+    request = urllib.request.Request(
+        page, headers={"Accept": "application/vnd.pypi.simple.v1+json"}
     )
-    found = sorted(into.glob("pb1*detectron2-0.6.tar.gz"))
-    if not found:
-        raise RuntimeError(f"pip download {PB1_SPEC} left no sdist in {into}")
-    return found[0]
+    with urllib.request.urlopen(request, timeout=60) as response:
+        listing = json.load(response)
+    names = {"pb1-detectron2-0.6.tar.gz", "pb1_detectron2-0.6.tar.gz"}
+    files = [entry for entry in listing.get("files", []) if entry.get("filename") in names]
+    if not files:
+        raise RuntimeError(f"{page} lists no sdist of {PB1_SPEC}")
+    target = into / files[0]["filename"]
+    with urllib.request.urlopen(urllib.parse.urljoin(page, files[0]["url"]), timeout=120) as r:
+        target.write_bytes(r.read())
+    return target
 
 
 def _check_import() -> None:
