@@ -89,6 +89,16 @@ for _name in PACKAGES:
     _package_session(_name)
 
 
+@nox.session(python=PYTHON, default=False)
+def demo(session: nox.Session) -> None:
+    """The task ablation in miniature (demo/ablation.py); arguments after `--` replace the default
+    `--preset default --output-dir runs/ablation`, e.g. `nox -s demo -- --preset fast -o runs/x`."""
+    editable = [arg for name in PACKAGES for arg in ("-e", PACKAGES[name])]
+    session.install(*CONSTRAINTS, *editable)
+    arguments = session.posargs or ["--preset", "default", "--output-dir", "runs/ablation"]
+    session.run("python", "demo/ablation.py", *arguments)
+
+
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over the whole repository."""
