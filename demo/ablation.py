@@ -118,10 +118,10 @@ PRESETS: dict[str, Preset] = {
         image_size=64,
         train_images=10000,
         val_images=1000,
-        steps=400,
+        steps=250,
         batch=64,
         lr=0.1,
-        warmup=40,
+        warmup=25,
         textual_width=128,
         probe_train=3000,
         caption_images=1000,
@@ -574,7 +574,7 @@ def run_ablation(preset_name: str, output_dir: Path, parallel: int = 2) -> dict[
     default="default",
     show_default=True,
     help="fast: 48 px, 150 steps x 32 images (<= 5 min on 2 cores); "
-    "default: 64 px, 400 steps x 64 images (<= 30 min).",
+    "default: 64 px, 250 steps x 64 images (<= 30 min).",
 )
 @click.option(
     "--output-dir",
