@@ -91,8 +91,11 @@ for _name in PACKAGES:
 
 @nox.session(python=PYTHON, default=False)
 def demo(session: nox.Session) -> None:
-    """The task ablation in miniature (demo/ablation.py); arguments after `--` replace the default
-    `--preset default --output-dir runs/ablation`, e.g. `nox -s demo -- --preset fast --output-dir runs/x`."""
+    """The task ablation in miniature (demo/ablation.py).
+
+    Arguments after `--` replace the default `--preset default --output-dir runs/ablation`, e.g.
+    `nox -s demo -- --preset fast --output-dir runs/x`.
+    """
     editable = [arg for name in PACKAGES for arg in ("-e", PACKAGES[name])]
     session.install(*CONSTRAINTS, *editable)
     arguments = session.posargs or ["--preset", "default", "--output-dir", "runs/ablation"]
