@@ -1,10 +1,11 @@
 """The task ablation in miniature (``demo/ablation.py --preset fast``), end to end.
 
-One run of the fast preset (~5 min on 2 cores) from nothing: built-in data, five pretrainings,
-probes, captioning; then its outputs and what the run shows about learning. The learning
-thresholds are the margins measured on the shared 2-core machine (docs in demo/README.md), not
-hopes: what the fast preset does NOT show (pretrained backbones beating random init on the
-probes) is not asserted.
+One run of the fast preset (4.5 min on 2 idle cores) from nothing: built-in data, five
+pretrainings, probes, captioning; then its outputs and what the run shows about learning. The
+learning thresholds are the margins measured on the 2-core machine (demo/README.md), not hopes.
+What the fast preset does NOT show is not asserted: every pretrained backbone beating random
+init on the probes (measured: only token and multilabel classification do, on num_objects), and
+captions that are better grounded than the same captions shuffled across images.
 """
 
 from __future__ import annotations
@@ -31,7 +32,15 @@ ROWS = (
     "masked_lm",
     "random_init",
 )
-TASKS = ("num_objects", "largest_shape", "leftmost_colour", "background", "colours_present")
+TASKS = (
+    "num_objects",
+    "largest_colour",
+    "leftmost_colour",
+    "largest_shape",
+    "background",
+    "colours_present",
+)
+CHANCE = {"num_objects": 0.25, "background": 0.25}
 
 
 def _module() -> ModuleType:
@@ -98,24 +107,30 @@ def test_outputs_and_schema(ablation: dict[str, Any]) -> None:
 
 
 def test_pretraining_learns(ablation: dict[str, Any]) -> None:
-    """Every objective's training loss falls (measured last/first: 0.19-0.29 for the token and
-    captioning objectives, 0.55 masked LM, 0.88 multilabel). The fast preset's probes do NOT
-    beat random init reliably (demo/README.md), so no probe margin is asserted here."""
-    out = ablation["out"]
+    """Every objective's training loss falls. The fast preset's probes do NOT show every
+    pretrained backbone beating random init (demo/README.md), so no margin over random init is
+    asserted; the probes must be above chance, and random init keeps the background texture
+    (measured 0.94), which shows the probe reads information that is in the features."""
+    out, data = ablation["out"], ablation["json"]
     for objective in ROWS[:-1]:
         lines = (out / "runs" / objective / "metrics.jsonl").read_text().splitlines()
         losses = [json.loads(line)["loss"] for line in lines if '"train"' in line]
         assert losses[-1] < 0.95 * losses[0], objective
+    for row in ROWS:
+        for task, chance in CHANCE.items():
+            assert data[row][task] > chance + 0.1, (row, task)  # measured >= 0.42
+    assert data["random_init"]["background"] > 0.8
 
 
-def test_captions_describe_the_images(ablation: dict[str, Any]) -> None:
-    captioning = ablation["json"]["meta"]["captioning"]
-    bicap = captioning["bicaptioning"]
-    # Most val captions name a shape or a colour that is in the image (measured 0.68; but the
-    # same captions shuffled across images score 0.62: mostly the language prior, see README).
+def test_captions_use_the_image(ablation: dict[str, Any]) -> None:
+    bicap = ablation["json"]["meta"]["captioning"]["bicaptioning"]
+    # The model's val loss is lower with the right image than with another image of the split
+    # (measured 2.80 vs 2.84): its predictions depend on the image, if only a little.
+    assert bicap["val_loss"] < bicap["val_loss_shuffled_images"]
+    # Most val captions name a shape or a colour that is in the image (measured 0.74; the same
+    # captions shuffled across images: 0.74 too, so this is mostly the language prior).
     assert bicap["grounded"] > 0.5
-    assert bicap["grounded"] >= bicap["grounded_shuffled"]
-    assert ablation["json"]["cider"]["bicaptioning"] > 0.1  # measured 0.50
+    assert ablation["json"]["cider"]["bicaptioning"] > 0.2  # measured 0.54
 
 
 def test_grounding_checks_by_hand() -> None:
@@ -139,10 +154,13 @@ def test_grounding_checks_by_hand() -> None:
 def test_table_layout() -> None:
     module = _module()
     results: dict[str, Any] = {row: dict.fromkeys(TASKS, 0.5) for row in ROWS}
-    results["random_init"]["num_objects"] = 0.25
+    results["random_init"]["num_objects"] = 0.2
     results["cider"] = {"bicaptioning": 0.75, "captioning": 0.5}
     lines = module.markdown_table(results).splitlines()
     assert lines[0].split("|")[1].strip() == "objective"
     assert len(lines) == 2 + len(ROWS)
-    assert lines[-1] == "| random_init | 0.250 | 0.500 | 0.500 | 0.500 | 0.500 | 0.450 | - |"
+    # mean of (0.2 + 5 x 0.5) / 6 = 0.45
+    assert (
+        lines[-1] == "| random_init | 0.200 | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 | 0.450 | - |"
+    )
     assert lines[2].endswith("| 0.500 | 0.750 |")
