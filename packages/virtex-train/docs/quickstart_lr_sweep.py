@@ -21,9 +21,9 @@ import torchvision.transforms.v2.functional as F
 
 from virtex_data import CaptionBatch, CaptionTokenizer
 from virtex_data.synth import describe, render, sample_scene
-from virtex_models import VocabSpec
 from virtex_train.config import load_config
 from virtex_train.optim import build_optimizer, clip_grad_norm, lr_factor
+from virtex_train.pretrain import vocab_spec
 
 TRAIN, VAL = 1024, 128
 
@@ -59,14 +59,7 @@ def main(steps: int, overrides: list[str]) -> None:
             lengths=torch.tensor([len(row) for row in rows]),
         )
 
-    vocab = VocabSpec(
-        size=tokenizer.vocab_size,
-        pad=special.pad,
-        unk=special.unk,
-        sos=special.sos,
-        eos=special.eos,
-        mask=special.mask,
-    )
+    vocab = vocab_spec(tokenizer)
     config = load_config(None, [*overrides, f"train.num_steps={steps}"])
     torch.manual_seed(0)
     objective = config.model.build(vocab)

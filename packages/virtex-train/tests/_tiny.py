@@ -53,13 +53,6 @@ def make_tiny_data(root: Path, train: int = 16, val: int = 8) -> TinyData:
     return data
 
 
-def vocab_of(tokenizer: CaptionTokenizer) -> VocabSpec:
-    s = tokenizer.special
-    return VocabSpec(
-        size=tokenizer.vocab_size, pad=s.pad, unk=s.unk, sos=s.sos, eos=s.eos, mask=s.mask
-    )
-
-
 def tiny_model_config(dropout: float = 0.1) -> ModelConfig:
     return ModelConfig.from_dict(
         {

@@ -11,10 +11,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _tiny import make_tiny_data, tiny_model_config, train_loader, vocab_of
+from _tiny import make_tiny_data, tiny_model_config, train_loader
 
 from virtex_train.checkpoint import FORMAT_VERSION, CheckpointManager, load_checkpoint
 from virtex_train.hooks import CheckpointHook
+from virtex_train.pretrain import vocab_spec
 from virtex_train.trainer import Hook, StepResult, Trainer
 
 
@@ -37,7 +38,7 @@ class Record(Hook):
 def _run(data: Any, out: Path, stop_at: int | None, resume: bool) -> tuple[list[float], Trainer]:
     torch.manual_seed(0)
     loader, sampler, tokenizer = train_loader(data, batch_size=4)
-    model = tiny_model_config().build(vocab_of(tokenizer))
+    model = tiny_model_config().build(vocab_spec(tokenizer))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     manager = CheckpointManager(out / "checkpoints", keep_last=2)
     record = Record(stop_at)
