@@ -1,11 +1,12 @@
 """The task ablation in miniature (``demo/ablation.py --preset fast``), end to end.
 
-One run of the fast preset (4.5 min on 2 idle cores) from nothing: built-in data, five
+One run of the fast preset (4.3 min on 2 idle cores) from nothing: built-in data, five
 pretrainings, probes, captioning; then its outputs and what the run shows about learning. The
-learning thresholds are the margins measured on the 2-core machine (demo/README.md), not hopes.
-What the fast preset does NOT show is not asserted: every pretrained backbone beating random
-init on the probes (measured: only token and multilabel classification do, on num_objects), and
-captions that are better grounded than the same captions shuffled across images.
+learning thresholds sit below the margins measured on the 2-core machine (demo/README.md), not
+hopes. ``random_init`` is the random ResNet-18 with BatchNorm statistics from the probe images
+(the same treatment every pretrained backbone's statistics had); the same weights with their
+initial statistics (no normalisation) are ``meta.random_init_uncalibrated``, which the fast
+preset does not beat on colours or background, and which is not asserted against.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ TASKS = (
     "background",
     "colours_present",
 )
-CHANCE = {"num_objects": 0.25, "background": 0.25}
+#: Attributes of the objects (not of the background) that every pretrained backbone must read
+#: better than random init.
+OBJECT_TASKS = ("num_objects", "largest_colour", "leftmost_colour")
 
 
 def _module() -> ModuleType:
@@ -107,30 +110,41 @@ def test_outputs_and_schema(ablation: dict[str, Any]) -> None:
 
 
 def test_pretraining_learns(ablation: dict[str, Any]) -> None:
-    """Every objective's training loss falls. The fast preset's probes do NOT show every
-    pretrained backbone beating random init (demo/README.md), so no margin over random init is
-    asserted; the probes must be above chance, and random init keeps the background texture
-    (measured 0.94), which shows the probe reads information that is in the features."""
+    """Every objective's training loss falls, and every pretrained backbone beats random init
+    on the attributes of the objects: counts and colours (measured margins >= 0.07), and on the
+    mean of all six probes (measured margins >= 0.065). Shapes (at chance for all at 32 px) and
+    background texture (random init keeps it best) are not asserted."""
     out, data = ablation["out"], ablation["json"]
     for objective in ROWS[:-1]:
         lines = (out / "runs" / objective / "metrics.jsonl").read_text().splitlines()
         losses = [json.loads(line)["loss"] for line in lines if '"train"' in line]
         assert losses[-1] < 0.95 * losses[0], objective
-    for row in ROWS:
-        for task, chance in CHANCE.items():
-            assert data[row][task] > chance + 0.1, (row, task)  # measured >= 0.42
-    assert data["random_init"]["background"] > 0.8
+    random = data["random_init"]
+    margins = {}
+    for objective in ROWS[:-1]:
+        for task in OBJECT_TASKS:
+            margins[objective, task] = data[objective][task] - random[task]
+        margins[objective, "mean"] = sum(data[objective][t] for t in TASKS) / len(TASKS) - sum(
+            random[t] for t in TASKS
+        ) / len(TASKS)
+    beaten = {key: round(value, 3) for key, value in margins.items()}
+    assert all(margins[o, t] > 0.05 for o in ROWS[:-1] for t in OBJECT_TASKS), beaten
+    assert all(margins[o, "mean"] > 0.03 for o in ROWS[:-1]), beaten
+    # The probes read what is in the features: every backbone counts above chance (0.25), and
+    # the uncalibrated random network keeps the background texture (measured 0.79, chance 0.25).
+    assert all(data[row]["num_objects"] > 0.35 for row in ROWS)
+    assert data["meta"]["random_init_uncalibrated"]["background"] > 0.6
 
 
 def test_captions_use_the_image(ablation: dict[str, Any]) -> None:
     bicap = ablation["json"]["meta"]["captioning"]["bicaptioning"]
     # The model's val loss is lower with the right image than with another image of the split
-    # (measured 2.80 vs 2.84): its predictions depend on the image, if only a little.
-    assert bicap["val_loss"] < bicap["val_loss_shuffled_images"]
-    # Most val captions name a shape or a colour that is in the image (measured 0.74; the same
-    # captions shuffled across images: 0.74 too, so this is mostly the language prior).
+    # (measured 2.51 vs 2.64): its predictions depend on the image.
+    assert bicap["val_loss"] < bicap["val_loss_shuffled_images"] - 0.05
+    # Most val captions name a shape or a colour that is in the image (measured 0.64; the same
+    # captions shuffled across images: 0.63, so this is mostly the language prior).
     assert bicap["grounded"] > 0.5
-    assert ablation["json"]["cider"]["bicaptioning"] > 0.2  # measured 0.54
+    assert ablation["json"]["cider"]["bicaptioning"] > 0.2  # measured 0.49
 
 
 def test_grounding_checks_by_hand() -> None:
@@ -164,3 +178,35 @@ def test_table_layout() -> None:
         lines[-1] == "| random_init | 0.200 | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 | 0.450 | - |"
     )
     assert lines[2].endswith("| 0.500 | 0.750 |")
+    # The uncalibrated random init, when probed, is one more row at the end.
+    results["meta"] = {"random_init_uncalibrated": dict.fromkeys(TASKS, 0.9)}
+    lines = module.markdown_table(results).splitlines()
+    assert len(lines) == 3 + len(ROWS)
+    assert lines[-1] == f"| {module.UNCALIBRATED} |" + " 0.900 |" * 7 + " - |"
+
+
+def test_batchnorm_calibration_uses_the_images() -> None:
+    """The random backbone's BatchNorm statistics become those of the images: the first
+    BatchNorm's running mean equals the mean of ``conv1``'s output over all images, computed
+    here directly; the weights do not change."""
+    import torch
+
+    from virtex_models.visual import TorchvisionBackbone
+
+    module = _module()
+    torch.manual_seed(0)
+    backbone = TorchvisionBackbone("resnet18").eval()
+    images = torch.randn(200, 3, 32, 32) * 2.0 + 0.5
+    weights = {k: v.clone() for k, v in backbone.state_dict().items() if "running" not in k and "num_batches" not in k}
+    assert torch.equal(backbone.bn1.running_mean, torch.zeros(64))
+    module.calibrate_batchnorm(backbone, images)
+    with torch.no_grad():
+        conv = backbone.conv1(images)
+    torch.testing.assert_close(backbone.bn1.running_mean, conv.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    # Two equal batches: the average of their unbiased variances.
+    halves = conv.split(100)
+    expected_var = sum(h.transpose(0, 1).reshape(64, -1).var(1) for h in halves) / 2
+    torch.testing.assert_close(backbone.bn1.running_var, expected_var, rtol=1e-4, atol=1e-5)
+    assert not backbone.training
+    after = backbone.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in weights.items())

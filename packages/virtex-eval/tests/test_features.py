@@ -83,6 +83,20 @@ def test_pooled_features_equal_a_plain_loop(tmp_path: Path) -> None:
             )
 
 
+def test_extraction_leaves_a_training_backbone_trainable(tmp_path: Path) -> None:
+    """Probing in the middle of a training run: the backbone comes back in train mode with its
+    gradients on (an earlier version froze it for good, silently)."""
+    dataset = image_folder(make_class_folder(tmp_path / "data", per_class=2), probe_transform(64, 72))
+    backbone = load_backbone("random:resnet18").backbone.train()
+    before = backbone.bn1.running_mean.clone()
+    extract_features(backbone, dataset, batch_size=3, num_workers=0, progress=False)
+    assert backbone.training and backbone.bn1.training
+    assert all(p.requires_grad for p in backbone.parameters())
+    assert torch.equal(backbone.bn1.running_mean, before)  # eval mode during the pass
+    backbone(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert backbone.conv1.weight.grad is not None
+
+
 def test_cache_hits_and_invalidates_when_a_file_changes(tmp_path: Path) -> None:
     root = make_class_folder(tmp_path / "data", classes=2, per_class=2)
     transform = probe_transform(64, 72)

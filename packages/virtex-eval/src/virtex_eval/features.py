@@ -250,7 +250,9 @@ def extract_features(
     """Global-average-pooled features of a frozen backbone.
 
     Args:
-        backbone: ``(B, 3, H, W) -> (B, C, h, w)``; put in eval mode, no gradients.
+        backbone: ``(B, 3, H, W) -> (B, C, h, w)``; run in eval mode under
+            ``torch.inference_mode`` and put back in its own mode afterwards (its
+            ``requires_grad`` flags are not touched).
         dataset: items ``(image (3, S, S), *targets)``.
         stages: any of ``layer1``..``layer4`` (others need ``forward_stages``).
         batch_size: images per forward pass (per rank).
@@ -274,8 +276,11 @@ def extract_features(
     device = ctx.device
     if channels_last is None:
         channels_last = True
+    # Eval mode for the pass, the caller's mode afterwards; gradients are off through
+    # inference_mode, so the caller's ``requires_grad`` flags stay as they were (a backbone
+    # probed in the middle of training keeps training).
+    was_training = backbone.training
     backbone = backbone.to(device).eval()
-    backbone.requires_grad_(False)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
@@ -312,6 +317,7 @@ def extract_features(
                 store.append(value)
             bar.update(images.shape[0] * ctx.world_size)
     bar.close()
+    backbone.train(was_training)
     local_features = [torch.cat(parts) for parts in pooled]
     local_targets = [torch.cat(parts) for parts in targets]
     features = {
