@@ -560,9 +560,7 @@ def run_ablation(preset_name: str, output_dir: Path, parallel: int = 2) -> dict[
     weights["random_init"] = "random:resnet18"
     results: dict[str, Any] = {}
     for row in ROWS:
-        results[row] = probe_backbone(
-            weights[row], images, records, calibrate=row == "random_init"
-        )
+        results[row] = probe_backbone(weights[row], images, records, calibrate=row == "random_init")
         echo(f"  {row}: " + ", ".join(f"{t} {v:.3f}" for t, v in results[row].items()))
     # The same random weights with the BatchNorm statistics they are initialised with (no
     # normalisation): reported next to the table, not a row of ablation.json's schema.

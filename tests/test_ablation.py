@@ -197,12 +197,18 @@ def test_batchnorm_calibration_uses_the_images() -> None:
     torch.manual_seed(0)
     backbone = TorchvisionBackbone("resnet18").eval()
     images = torch.randn(200, 3, 32, 32) * 2.0 + 0.5
-    weights = {k: v.clone() for k, v in backbone.state_dict().items() if "running" not in k and "num_batches" not in k}
+    weights = {
+        k: v.clone()
+        for k, v in backbone.state_dict().items()
+        if "running" not in k and "num_batches" not in k
+    }
     assert torch.equal(backbone.bn1.running_mean, torch.zeros(64))
     module.calibrate_batchnorm(backbone, images)
     with torch.no_grad():
         conv = backbone.conv1(images)
-    torch.testing.assert_close(backbone.bn1.running_mean, conv.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        backbone.bn1.running_mean, conv.mean((0, 2, 3)), rtol=1e-4, atol=1e-5
+    )
     # Two equal batches: the average of their unbiased variances.
     halves = conv.split(100)
     expected_var = sum(h.transpose(0, 1).reshape(64, -1).var(1) for h in halves) / 2

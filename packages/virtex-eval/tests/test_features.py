@@ -86,7 +86,9 @@ def test_pooled_features_equal_a_plain_loop(tmp_path: Path) -> None:
 def test_extraction_leaves_a_training_backbone_trainable(tmp_path: Path) -> None:
     """Probing in the middle of a training run: the backbone comes back in train mode with its
     gradients on (an earlier version froze it for good, silently)."""
-    dataset = image_folder(make_class_folder(tmp_path / "data", per_class=2), probe_transform(64, 72))
+    dataset = image_folder(
+        make_class_folder(tmp_path / "data", per_class=2), probe_transform(64, 72)
+    )
     backbone = load_backbone("random:resnet18").backbone.train()
     before = backbone.bn1.running_mean.clone()
     extract_features(backbone, dataset, batch_size=3, num_workers=0, progress=False)
