@@ -7,12 +7,17 @@ for the same number of images seen, then transfer each frozen backbone (and a ra
 initialised one) to held-out downstream tasks defined by the scene attributes:
 
 - linear probes (``virtex_eval.linear.train_on_features``: logistic regression on pooled
-  ``layer4`` features) for ``num_objects``, ``largest_shape``, ``leftmost_colour`` and
-  ``background``;
+  ``layer4`` features) for ``num_objects``, ``largest_colour``, ``leftmost_colour``,
+  ``largest_shape`` and ``background``;
 - the VOC07 SVM protocol (``virtex_eval.voc07.train_test_svms``: per-class linear SVMs with a
   cost sweep, mAP) on "which colours are present" (8 classes; multilabel pretraining sees shapes
   only);
 - captioning CIDEr (``virtex_eval.metrics``) of the two captioning objectives on the val split.
+
+The random backbone (``random_init``) gets its BatchNorm statistics from the probe's train images
+(:func:`calibrate_batchnorm`), as every pretrained backbone has statistics of its pretraining
+images; the same weights with their initial statistics are probed too and reported in the last
+table row (``meta.random_init_uncalibrated``).
 
 Writes ``ablation.md``, ``ablation.json``, ``pretraining_curves.png``, ``probe_accuracies.png``,
 the per-run ``virtex-eval report`` pages (``runs/<objective>/report.html``) and prints the table.
@@ -622,7 +627,9 @@ def run_ablation(preset_name: str, output_dir: Path, parallel: int = 2) -> dict[
         "",
         "Downstream tasks on the val split (frozen ResNet-18 `layer4`, global average pooled):"
         " linear-probe accuracy, `colours_present` = VOC07-protocol SVM mAP; CIDEr of greedy"
-        " captions for the captioning objectives.",
+        " captions for the captioning objectives. `random_init`: random weights, BatchNorm"
+        " statistics from the probe's train images; last row: the same weights with their"
+        " initial statistics (no normalisation).",
         "",
         table,
         "",
