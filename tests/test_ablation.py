@@ -1,6 +1,6 @@
 """The task ablation in miniature (``demo/ablation.py --preset fast``), end to end.
 
-One run of the fast preset (4.3 min on 2 idle cores) from nothing: built-in data, five
+One run of the fast preset (3.8-4.3 min on 2 idle cores) from nothing: built-in data, five
 pretrainings, probes, captioning; then its outputs and what the run shows about learning. The
 learning thresholds sit below the margins measured on the 2-core machine (demo/README.md), not
 hopes. ``random_init`` is the random ResNet-18 with BatchNorm statistics from the probe images
