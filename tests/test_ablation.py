@@ -5,8 +5,8 @@ pretrainings, probes, captioning; then its outputs and what the run shows about 
 learning thresholds sit below the margins measured on the 2-core machine (demo/README.md), not
 hopes. ``random_init`` is the random ResNet-18 with BatchNorm statistics from the probe images
 (the same treatment every pretrained backbone's statistics had); the same weights with their
-initial statistics (no normalisation) are ``meta.random_init_uncalibrated``, which the fast
-preset does not beat on colours or background, and which is not asserted against.
+initial statistics (no normalisation) are ``meta.random_init_uncalibrated``, which only some
+objectives beat on colours and none on background (demo/README.md); it is not asserted against.
 """
 
 from __future__ import annotations
