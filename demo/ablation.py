@@ -460,13 +460,19 @@ def caption_eval(
 
 
 # --------------------------------------------------------------------------------- outputs
+def table_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
+    """``(label, task values)`` per objective (``ROWS``), then the uncalibrated random init
+    when it was probed (``meta.random_init_uncalibrated``)."""
+    rows = [(row, results[row]) for row in ROWS]
+    extra = results.get("meta", {}).get("random_init_uncalibrated")
+    return rows + [(UNCALIBRATED, extra)] if extra else rows
+
+
 def markdown_table(results: dict[str, Any]) -> str:
-    """One row per objective (``ROWS``), then the uncalibrated random init when it was probed."""
+    """The table of :func:`table_rows`, with the mean over tasks and CIDEr."""
     head = ["objective", *TASKS, "mean", "CIDEr"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    extra = results.get("meta", {}).get("random_init_uncalibrated")
-    for row in (*ROWS, UNCALIBRATED) if extra else ROWS:
-        values = extra if row == UNCALIBRATED else results[row]
+    for row, values in table_rows(results):
         cells = [f"{values[t]:.3f}" for t in TASKS]
         cells.append(f"{np.mean([values[t] for t in TASKS]):.3f}")
         cider = results["cider"].get(row)
@@ -511,8 +517,7 @@ def plot_probes(results: dict[str, Any], target: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    extra = results.get("meta", {}).get("random_init_uncalibrated")
-    rows = [(row, results[row]) for row in ROWS] + ([(UNCALIBRATED, extra)] if extra else [])
+    rows = table_rows(results)
     figure, axis = plt.subplots(figsize=(7.5, 3.8), dpi=90)
     width = 0.8 / len(rows)
     x = np.arange(len(TASKS))
