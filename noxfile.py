@@ -4,12 +4,18 @@ The README's test command is ``nox -s lint layering typecheck tests tests-slurm`
 ``.ci/run`` calls).
 Every install goes through ``constraints.txt`` so that no session resolves a torch other than the
 tested 2.14.1 / torchvision 0.29.1 (each other build is gigabytes). Environments are reused between
-runs (``reuse_venv``): a second run only re-installs our four packages.
+runs: a second run only re-installs our four packages.
+
+``typecheck``, ``tests``, ``tests-slurm`` and ``demo`` share one environment, ``.nox/virtex``, that
+this file creates and updates itself (those sessions have no nox environment of their own): each
+environment holding the tested torch (a CUDA build) takes 5.6 GB, and three of them plus the tests'
+temporary files once filled a CI machine's disk. Delete ``.nox/virtex`` to start it afresh.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import nox
@@ -33,30 +39,56 @@ LINT_TOOLS = ("ruff==0.17.6",)
 TYPECHECK_TOOLS = ("mypy==2.4.1", "types-PyYAML", "types-tqdm")
 
 
-def _pytest(session: nox.Session, *paths: str) -> None:
-    # One torch thread per process: the suite runs on a shared 2-core machine where more threads
-    # only contend (measured: detectron2 iterations 10x slower with 2 threads).
-    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    session.run("pytest", *paths, *session.posargs, env=env)
+SHARED_ENV = ROOT / ".nox" / "virtex"
 
 
-@nox.session(python=PYTHON)
+class SharedEnv:
+    """``.nox/virtex``: the one environment with torch, created when missing (see the top)."""
+
+    def __init__(self, session: nox.Session, *extra: str) -> None:
+        """Create the environment if needed; install our four packages (editable, ``[test]``)."""
+        self.session = session
+        self.bin = SHARED_ENV / "bin"
+        if not (self.bin / "python").exists():
+            # virtualenv is what nox itself uses (it comes with nox): the same seeded pip.
+            session.run(
+                sys.executable, "-m", "virtualenv", "--python", f"python{PYTHON}", str(SHARED_ENV)
+            )
+        editable = [arg for name in PACKAGES for arg in ("-e", f"{PACKAGES[name]}[test]")]
+        self.run("python", "-m", "pip", "install", *CONSTRAINTS, *editable, *extra)
+
+    def run(self, program: str, *args: str, env: dict[str, str] | None = None) -> None:
+        """``program`` from the environment's bin/, with the environment first on PATH."""
+        environ = {
+            "VIRTUAL_ENV": str(SHARED_ENV),
+            "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
+            **(env or {}),
+        }
+        self.session.run(str(self.bin / program), *args, env=environ, external=True)
+
+    def pytest(self, *paths: str) -> None:
+        # One torch thread per process: the suite runs on a shared 2-core machine where more
+        # threads only contend (measured: detectron2 iterations 10x slower with 2 threads).
+        env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        self.run("pytest", *paths, *self.session.posargs, env=env)
+
+
+@nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
     """All four packages in one environment: every package's tests and the root tests/."""
-    editable = [arg for name in PACKAGES for arg in ("-e", f"{PACKAGES[name]}[test]")]
-    session.install(*CONSTRAINTS, *editable, "pytest-timeout")
+    shared = SharedEnv(session, "pytest-timeout")
     # detectron2 is not on the package index: the installer keeps an importable one, else builds
     # it (packages/virtex-eval/docs/DETECTRON2.md); a reused environment only re-checks the import.
-    session.run(
+    shared.run(
         "python",
         "-m",
         "virtex_eval.detectron2.install",
         env={"PIP_CONSTRAINT": str(ROOT / "constraints.txt")},
     )
-    _pytest(session, *(f"{path}/tests" for path in PACKAGES.values()), "tests")
+    shared.pytest(*(f"{path}/tests" for path in PACKAGES.values()), "tests")
 
 
-@nox.session(python=PYTHON, name="tests-slurm")
+@nox.session(venv_backend="none", name="tests-slurm")
 def tests_slurm(session: nox.Session) -> None:
     """The `slurm` tests against a real single-node Slurm cluster started here (.ci/slurm-up).
 
@@ -64,11 +96,10 @@ def tests_slurm(session: nox.Session) -> None:
     `sudo -n` when not root) and starts the daemons as the current user; they are stopped when the
     session ends. See packages/virtex-train/docs/SLURM.md.
     """
-    editable = [arg for name in PACKAGES for arg in ("-e", f"{PACKAGES[name]}[test]")]
-    session.install(*CONSTRAINTS, *editable)
+    shared = SharedEnv(session)
     session.run(str(ROOT / ".ci" / "slurm-up"), external=True)
     try:
-        _pytest(session, "packages/virtex-train/tests/test_slurm.py", "-m", "slurm")
+        shared.pytest("packages/virtex-train/tests/test_slurm.py", "-m", "slurm")
     finally:
         session.run(str(ROOT / ".ci" / "slurm-up"), "--down", external=True)
 
@@ -80,7 +111,8 @@ def _package_session(name: str) -> None:
         # this is what catches an import of something the package does not declare.
         internal = [PACKAGES[dep] for dep in INTERNAL[name]]
         session.install(*CONSTRAINTS, *internal, f"{PACKAGES[name]}[test]")
-        _pytest(session, f"{PACKAGES[name]}/tests")
+        env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        session.run("pytest", f"{PACKAGES[name]}/tests", *session.posargs, env=env)
 
     package_tests.__doc__ = f"virtex-{name} alone, with only its declared dependencies."
 
@@ -89,17 +121,16 @@ for _name in PACKAGES:
     _package_session(_name)
 
 
-@nox.session(python=PYTHON, default=False)
+@nox.session(venv_backend="none", default=False)
 def demo(session: nox.Session) -> None:
     """The task ablation in miniature (demo/ablation.py).
 
     Arguments after `--` replace the default `--preset default --output-dir runs/ablation`, e.g.
     `nox -s demo -- --preset fast --output-dir runs/x`.
     """
-    editable = [arg for name in PACKAGES for arg in ("-e", PACKAGES[name])]
-    session.install(*CONSTRAINTS, *editable)
+    shared = SharedEnv(session)
     arguments = session.posargs or ["--preset", "default", "--output-dir", "runs/ablation"]
-    session.run("python", "demo/ablation.py", *arguments)
+    shared.run("python", "demo/ablation.py", *arguments)
 
 
 @nox.session(python=PYTHON)
@@ -110,11 +141,11 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
 
 
-@nox.session(python=PYTHON)
+@nox.session(venv_backend="none")
 def typecheck(session: nox.Session) -> None:
     """mypy over the four packages' sources."""
-    session.install(*CONSTRAINTS, *(PACKAGES[name] for name in PACKAGES), *TYPECHECK_TOOLS)
-    session.run("mypy", *(f"{path}/src" for path in PACKAGES.values()))
+    shared = SharedEnv(session, *TYPECHECK_TOOLS)
+    shared.run("mypy", *(f"{path}/src" for path in PACKAGES.values()))
 
 
 @nox.session(python=PYTHON)

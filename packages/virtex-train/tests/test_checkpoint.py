@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -66,9 +67,15 @@ def test_failed_torch_save_keeps_previous_checkpoint(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(CheckpointError, match=r"step_0000002\.pt.*No space left"):
+    free = shutil.disk_usage(tmp_path).free / 2**20
+    with pytest.raises(CheckpointError, match=r"step_0000002\.pt.*No space left") as caught:
         manager.save({"format_version": FORMAT_VERSION, "step": 2}, 2)
     monkeypatch.undo()
+    # torch reports a full disk as "unexpected pos": the message says what was written and free.
+    message = str(caught.value)
+    assert "0.0 MiB written before the failure" in message
+    reported = float(message.split("MiB written before the failure, ")[1].split(" MiB free")[0])
+    assert abs(reported - free) < 512
     assert manager.steps() == [1]
     assert load_checkpoint(manager.latest())["step"] == 1  # type: ignore[arg-type]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_0000001.pt"]

@@ -17,6 +17,7 @@ import os
 import platform
 import random
 import re
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -64,12 +65,25 @@ def _atomic(path: Path, write: Callable[[Any], None]) -> None:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException as error:
+        written = temporary.stat().st_size if temporary.exists() else 0
         with contextlib.suppress(OSError):
             temporary.unlink()
         if isinstance(error, Exception):
-            raise CheckpointError(f"could not write {path}: {error}") from error
+            raise CheckpointError(
+                f"could not write {path}: {error} ({_space(written, path.parent)})"
+            ) from error
         raise
     _fsync_dir(path.parent)
+
+
+def _space(written: int, directory: Path) -> str:
+    # A full disk reaches torch.save as an opaque "unexpected pos A vs B": say what was free.
+    mib = 2**20
+    try:
+        free = f"{shutil.disk_usage(directory).free / mib:.0f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    return f"{written / mib:.1f} MiB written before the failure, {free}"
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
