@@ -1,15 +1,16 @@
 """Sessions for the virtex monorepo.
 
-The README's test command is ``nox -s lint layering typecheck tests tests-slurm`` (what
-``.ci/run`` calls).
+The README's test command is ``nox -s lint layering typecheck tests tests-portable tests-slurm``
+(what ``.ci/run`` calls).
 Every install goes through ``constraints.txt`` so that no session resolves a torch other than the
 tested 2.14.1 / torchvision 0.29.1 (each other build is gigabytes). Environments are reused between
 runs: a second run only re-installs our four packages.
 
-``typecheck``, ``tests``, ``tests-slurm`` and ``demo`` share one environment, ``.nox/virtex``, that
-this file creates and updates itself (those sessions have no nox environment of their own): each
-environment holding the tested torch (a CUDA build) takes 5.6 GB, and three of them plus the tests'
-temporary files once filled a CI machine's disk. Delete ``.nox/virtex`` to start it afresh.
+``typecheck``, ``tests``, ``tests-portable``, ``tests-slurm`` and ``demo`` share one environment,
+``.nox/virtex``, that this file creates and updates itself (those sessions have no nox environment
+of their own): each environment holding the tested torch (a CUDA build) takes 5.6 GB, and three of
+them plus the tests' temporary files once filled a CI machine's disk. Delete ``.nox/virtex``
+to start it afresh.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import nox
 
 nox.options.reuse_venv = "yes"
-nox.options.sessions = ["lint", "layering", "typecheck", "tests", "tests-slurm"]
+nox.options.sessions = ["lint", "layering", "typecheck", "tests", "tests-portable", "tests-slurm"]
 nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).parent
@@ -73,10 +74,10 @@ class SharedEnv:
         self.run("pytest", *paths, *self.session.posargs, env=env)
 
 
-@nox.session(venv_backend="none")
-def tests(session: nox.Session) -> None:
-    """All four packages in one environment: every package's tests and the root tests/."""
-    shared = SharedEnv(session, "pytest-timeout")
+TEST_PATHS = (*(f"{path}/tests" for path in PACKAGES.values()), "tests")
+
+
+def _install_detectron2(shared: SharedEnv) -> None:
     # detectron2 is not on the package index: the installer keeps an importable one, else builds
     # it (packages/virtex-eval/docs/DETECTRON2.md); a reused environment only re-checks the import.
     shared.run(
@@ -85,7 +86,59 @@ def tests(session: nox.Session) -> None:
         "virtex_eval.detectron2.install",
         env={"PIP_CONSTRAINT": str(ROOT / "constraints.txt")},
     )
-    shared.pytest(*(f"{path}/tests" for path in PACKAGES.values()), "tests")
+
+
+@nox.session(venv_backend="none")
+def tests(session: nox.Session) -> None:
+    """All four packages in one environment: every package's tests and the root tests/."""
+    shared = SharedEnv(session, "pytest-timeout")
+    _install_detectron2(shared)
+    shared.pytest(*TEST_PATHS)
+
+
+#: What ``tests-portable`` limits the CPU kernels to, by the capability this CPU has natively:
+#: always a different kernel set from the ``tests`` session's (torch's ATen dispatch level and
+#: oneDNN's instruction set; both are read when torch starts).
+SECOND_KERNELS = {
+    "avx512": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "avx2": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+}
+
+
+@nox.session(venv_backend="none", name="tests-portable")
+def tests_portable(session: nox.Session) -> None:
+    """The default suite again on a second CPU kernel set and with 2 threads.
+
+    Training numbers depend on the CPU's kernels (AVX-512 vs AVX2, oneDNN's ISA) and on the
+    thread count; CI runs on whatever x86-64 machine it gets. ``tests`` runs the native kernels
+    with 1 thread; this session limits the kernels one level down (AVX-512 -> AVX2, AVX2 -> no
+    vector kernels) and runs 2 threads, so that an assertion tuned to one CPU fails here before
+    it lands. detectron2's tests keep 1 thread (10x slower with 2 on 2 cores).
+    """
+    shared = SharedEnv(session, "pytest-timeout")
+    _install_detectron2(shared)
+    probe = "import torch; print(torch.backends.cpu.get_cpu_capability().lower())"
+    native = session.run(str(shared.bin / "python"), "-c", probe, external=True, silent=True)
+    level = "avx512" if "avx512" in str(native) else "avx2"
+    kernels = SECOND_KERNELS[level]
+    session.log(f"native kernels: {str(native).strip()}; running with {kernels}")
+    marks = "not slow and not gpu and not slurm"
+    shared.run(
+        "pytest",
+        *TEST_PATHS,
+        "-m",
+        f"{marks} and not detectron2",
+        *session.posargs,
+        env={**kernels, "OMP_NUM_THREADS": "2"},
+    )
+    shared.run(
+        "pytest",
+        "packages/virtex-eval/tests",
+        "-m",
+        f"{marks} and detectron2",
+        *session.posargs,
+        env={**kernels, "OMP_NUM_THREADS": "1"},
+    )
 
 
 @nox.session(venv_backend="none", name="tests-slurm")

@@ -122,15 +122,15 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "fast": Preset(
         image_size=32,
-        train_images=3000,
-        val_images=500,
-        steps=300,
+        train_images=4000,
+        val_images=2000,
+        steps=600,
         batch=16,
         lr=0.05,
-        warmup=30,
+        warmup=60,
         schedule="cosine",
         textual_width=128,
-        probe_train=2000,
+        probe_train=3000,
         caption_images=500,
         beam_size=1,
     ),
@@ -167,24 +167,25 @@ def data_config(root: Path, size: int) -> DataConfig:
     )
 
 
-def build_data(root: Path, preset: Preset) -> DataConfig:
+def build_data(root: Path, preset: Preset, seed: int = 0) -> DataConfig:
     data = data_config(root, preset.image_size)
     ensure_builtin_data(
         data,
         images={"train": preset.train_images, "val": preset.val_images},
         size=preset.image_size,
         workers=min(2, os.cpu_count() or 1),
+        seed=seed,
         echo=echo,
     )
     return data
 
 
 # ------------------------------------------------------------------------------ pretraining
-def overrides(objective: str, data: DataConfig, preset: Preset) -> list[str]:
+def overrides(objective: str, data: DataConfig, preset: Preset, seed: int = 0) -> list[str]:
     """Dotted overrides of the quickstart config for one objective."""
     width = preset.textual_width
     values = {
-        "seed": 0,
+        "seed": seed,
         "data.train_lmdb": data.train_lmdb,
         "data.val_lmdb": data.val_lmdb,
         "data.tokenizer": data.tokenizer,
@@ -219,7 +220,9 @@ def overrides(objective: str, data: DataConfig, preset: Preset) -> list[str]:
     return [f"{key}={value}" for key, value in values.items()]
 
 
-def pretrain_all(runs: Path, data: DataConfig, preset: Preset, parallel: int) -> dict[str, float]:
+def pretrain_all(
+    runs: Path, data: DataConfig, preset: Preset, parallel: int, seed: int = 0
+) -> dict[str, float]:
     """Pretrain every objective (``parallel`` subprocesses at a time); returns seconds per run."""
     pending = [o for o in SCHEDULE if o in OBJECTIVES]
     running: dict[str, tuple[subprocess.Popen[bytes], float, Any]] = {}
@@ -232,7 +235,7 @@ def pretrain_all(runs: Path, data: DataConfig, preset: Preset, parallel: int) ->
                 echo(f"  {objective}: already pretrained, reusing {out}")
                 continue
             out.mkdir(parents=True, exist_ok=True)
-            config = load_config(None, overrides(objective, data, preset))
+            config = load_config(None, overrides(objective, data, preset, seed))
             (out / "experiment.yaml").write_text(config.to_yaml(), encoding="utf-8")
             log = (out / "train.log").open("wb")
             command = [
@@ -540,8 +543,14 @@ def plot_probes(results: dict[str, Any], target: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ main
-def run_ablation(preset_name: str, output_dir: Path, parallel: int = 2) -> dict[str, Any]:
-    """Everything: data, pretraining, probes, captioning, outputs. Returns ``ablation.json``."""
+def run_ablation(
+    preset_name: str, output_dir: Path, parallel: int = 2, seed: int = 0
+) -> dict[str, Any]:
+    """Everything: data, pretraining, probes, captioning, outputs. Returns ``ablation.json``.
+
+    ``seed`` picks the built-in data's scenes and the pretraining seed (the random-init
+    backbone stays seed 0).
+    """
     preset = PRESETS[preset_name]
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     start = time.perf_counter()
@@ -549,11 +558,11 @@ def run_ablation(preset_name: str, output_dir: Path, parallel: int = 2) -> dict[
     root = output_dir / "data"
     runs = output_dir / "runs"
     echo(f"[1/4] built-in data ({preset.train_images} + {preset.val_images} images) in {root}")
-    data = build_data(root, preset)
+    data = build_data(root, preset, seed)
     timings: dict[str, float] = {"data_s": time.perf_counter() - start}
 
     echo(f"[2/4] pretraining {len(OBJECTIVES)} objectives, {parallel} at a time")
-    pretrain_s = pretrain_all(runs, data, preset, parallel)
+    pretrain_s = pretrain_all(runs, data, preset, parallel, seed)
     timings["pretraining_s"] = time.perf_counter() - start - timings["data_s"]
 
     echo("[3/4] probes on frozen backbones (linear probes + colour SVMs)")
@@ -602,6 +611,7 @@ def run_ablation(preset_name: str, output_dir: Path, parallel: int = 2) -> dict[
     timings["total_s"] = time.perf_counter() - start
     results["meta"] = {
         "preset": preset_name,
+        "seed": seed,
         "settings": asdict(preset),
         "tasks": {
             **{
@@ -616,7 +626,8 @@ def run_ablation(preset_name: str, output_dir: Path, parallel: int = 2) -> dict[
         "timings": timings,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
         "torch": torch.__version__,
-        "command": f"python demo/ablation.py --preset {preset_name} --output-dir {output_dir}",
+        "command": f"python demo/ablation.py --preset {preset_name} --output-dir {output_dir}"
+        + (f" --seed {seed}" if seed else ""),
     }
 
     table = markdown_table(results)
@@ -676,9 +687,16 @@ def run_ablation(preset_name: str, output_dir: Path, parallel: int = 2) -> dict[
 @click.option(
     "--parallel", type=int, default=2, show_default=True, help="Pretraining runs at a time."
 )
-def main(preset: str, output_dir: Path, parallel: int) -> None:
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the built-in data's scenes and of pretraining (to measure the spread).",
+)
+def main(preset: str, output_dir: Path, parallel: int, seed: int) -> None:
     """Pretrain every VirTex objective on the built-in data and compare them on probes."""
-    run_ablation(preset, output_dir, parallel)
+    run_ablation(preset, output_dir, parallel, seed)
 
 
 if __name__ == "__main__":

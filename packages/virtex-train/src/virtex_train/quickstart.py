@@ -29,6 +29,7 @@ def ensure_builtin_data(
     images: dict[str, int] | None = None,
     size: int = 64,
     workers: int | None = None,
+    seed: int = 0,
     echo: Callable[[str], None] = print,
 ) -> bool:
     """Create the built-in dataset behind ``data`` unless its three files exist.
@@ -36,6 +37,9 @@ def ensure_builtin_data(
     The images and COCO-style annotations go into the folder of ``data.train_lmdb``; then the
     tokenizer (BPE, at most 10000 tokens; the synthetic captions support ~220) and the two LMDB
     files are written to the paths ``data`` names.
+
+    Args:
+        seed: the scenes are a function of ``seed`` (``virtex_data.synth.generate``).
 
     Returns:
         Whether anything was built.
@@ -52,7 +56,14 @@ def ensure_builtin_data(
             f"generating the built-in dataset ({counts['train']} + {counts['val']} images) "
             f"in {root}"
         )
-        generate(root, train=counts["train"], val=counts["val"], size=size, workers=workers)
+        generate(
+            root,
+            train=counts["train"],
+            val=counts["val"],
+            size=size,
+            seed=seed,
+            workers=workers,
+        )
     tokenizer_path = Path(data.tokenizer)
     if not tokenizer_path.is_file():
         captions = _captions(annotations / "captions_train.json")
