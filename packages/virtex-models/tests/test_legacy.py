@@ -1,9 +1,12 @@
 """Original VirTex checkpoints: loss and captions equal to an independent re-implementation.
 
 ``Original`` below is written in these tests from the documented facts of the original code
-(names of its state dict, vocabulary layout, reversed captions, decoder semantics), with PyTorch
-building blocks (``nn.TransformerDecoder``); it is not the original code. Its state dict, saved
-the way the original saved checkpoints (shared tensors included), is loaded by ``load_original``.
+(names of its state dict, vocabulary layout pad = unk = 0, embedding ``dropout(layernorm(word +
+position)) * (tokens != 0)``, cross-entropy ignoring id 0, key padding by lengths, pre-norm
+stack without a final LayerNorm, reversed captions, decoder semantics), with PyTorch building
+blocks (``nn.TransformerDecoder``); it is not the original code. Its state dict, saved the way
+the original saved checkpoints (shared tensors included), is loaded by ``load_original``.
+Captions contain [UNK] (id 0) and the weights make the decoders generate it.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ class OriginalEmbedding(nn.Module):
         self.words = nn.Embedding(V, H, padding_idx=PAD)
         self.positions = nn.Embedding(MAX_LEN, H)
         self.layer_norm = nn.LayerNorm(H, eps=1e-8)
+        self.dropout = nn.Dropout(0.1)
 
     def forward(self, tokens: Tensor) -> Tensor:
         positions = torch.arange(tokens.shape[1])[None, :]
-        return self.layer_norm(self.words(tokens) + self.positions(positions))
+        x = self.dropout(self.layer_norm(self.words(tokens) + self.positions(positions)))
+        return x * (tokens != PAD).unsqueeze(-1).float()
 
 
 class OriginalTextual(nn.Module):
@@ -43,16 +48,18 @@ class OriginalTextual(nn.Module):
         layer = nn.TransformerDecoderLayer(
             H, A, F_, dropout=0.1, activation="gelu", norm_first=prenorm
         )
-        norm = nn.LayerNorm(H) if prenorm else None
-        self.transformer = nn.TransformerDecoder(layer, L, norm=norm)
+        self.transformer = nn.TransformerDecoder(layer, L)  # no final norm, pre-norm included
         self.output = nn.Linear(H, V)
         self.output.weight = self.embedding.words.weight
 
-    def forward(self, grid: Tensor, tokens: Tensor) -> Tensor:
+    def forward(self, grid: Tensor, tokens: Tensor, lengths: Tensor | None = None) -> Tensor:
         memory = self.visual_projection(grid.flatten(2).permute(2, 0, 1))  # (S, B, H)
         x = self.embedding(tokens).transpose(0, 1)  # (L, B, H), sequence-first
-        causal = torch.triu(torch.full((tokens.shape[1],) * 2, float("-inf")), diagonal=1)
-        x = self.transformer(x, memory, tgt_mask=causal)
+        causal = torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool).triu(1)
+        if lengths is None:  # decoding: every position is a real token, [UNK] included
+            lengths = torch.full((tokens.shape[0],), tokens.shape[1])
+        padding = torch.arange(tokens.shape[1])[None, :] >= lengths[:, None]
+        x = self.transformer(x, memory, tgt_mask=causal, tgt_key_padding_mask=padding)
         return self.output(x.transpose(0, 1))
 
 
@@ -84,13 +91,13 @@ class Original(nn.Module):
     def loss(self, images: Tensor, tokens: Tensor, lengths: Tensor) -> Tensor:
         grid = self.visual(images)
         criterion = nn.CrossEntropyLoss(ignore_index=PAD)
-        logits = self.textual(grid, tokens)
+        logits = self.textual(grid, tokens, lengths)
         loss = criterion(logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1))
         if self.bidirectional:
             backward = tokens.clone()
             for row, length in enumerate(lengths.tolist()):
                 backward[row, :length] = tokens[row, :length].flip(0)
-            logits = self.backward_textual(grid, backward)
+            logits = self.backward_textual(grid, backward, lengths)
             loss = loss + criterion(logits[:, :-1].reshape(-1, V), backward[:, 1:].reshape(-1))
         return loss
 
@@ -123,8 +130,10 @@ class Original(nn.Module):
         return out
 
 
-def randomise(model: nn.Module, seed: int) -> None:
-    """Weights far from the 0.02 init so that captions vary (the tie stays a tie)."""
+def randomise(model: nn.Module, seed: int, unk_bias: float = 0.0) -> None:
+    """Weights far from the 0.02 init so that captions vary (the tie stays a tie). The pad/unk
+    row of the word embedding stays zero, as in every trained original checkpoint (it has no
+    gradient); a high output bias of id 0 makes the decoders generate [UNK]."""
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -134,6 +143,10 @@ def randomise(model: nn.Module, seed: int) -> None:
                 parameter.normal_(0.0, parameter.shape[1] ** -0.5)
             elif "norm" not in name:
                 parameter.normal_(0.0, 0.5)
+        for head in ("textual", "backward_textual"):
+            if hasattr(model, head):
+                getattr(model, head).embedding.words.weight[PAD].zero_()
+                getattr(model, head).output.bias[PAD] = unk_bias
 
 
 CONFIG_BASE = """\
@@ -172,7 +185,9 @@ def write_original(
 ) -> tuple[Original, Path, Path]:
     torch.manual_seed(0)
     original = Original(bidirectional, prenorm)
-    randomise(original, 1)
+    # Output bias of id 0 (pad = unk) high enough that the decoders generate [UNK] but not only
+    # [UNK]; the pre-norm stack (no final LayerNorm) has larger logits.
+    randomise(original, 1, unk_bias=4.0 if prenorm else 1.5)
     original.eval()
     checkpoint = tmp_path / "checkpoint_5000.pth"
     torch.save(
@@ -207,6 +222,7 @@ def captions_batch() -> Batch:
     for row, length in enumerate(lengths.tolist()):
         tokens[row, 0], tokens[row, length - 1] = SOS, EOS
         tokens[row, 1 : length - 1] = torch.randint(4, V, (length - 2,), generator=generator)
+    tokens[0, 2] = tokens[0, 5] = tokens[2, 1] = 0  # [UNK] inside captions (pad = unk = 0)
     images = torch.randn(3, 3, 64, 64, generator=generator)
     return Batch(image_ids=torch.arange(3), images=images, tokens=tokens, lengths=lengths)
 
@@ -240,6 +256,7 @@ def test_loaded_original_has_the_same_loss_and_captions(
                 else model.generate(batch.images, beam_size=1)
             )
             assert [until_eos(row) for row in generated.tolist()] == [until_eos(r) for r in theirs]
+            assert any(0 in until_eos(row) for row in theirs)  # [UNK] was generated
     assert len({t for row in theirs for t in row}) > 3  # captions are not degenerate
 
 

@@ -6,7 +6,8 @@ state dict (its ``"model"`` entry) to our parameter names. The original names ar
 - ``visual.cnn.<torchvision ResNet names>`` -> our ``visual.<same>``;
 - ``textual.*`` and ``backward_textual.*`` (``visual_projection``, ``embedding.words``,
   ``embedding.positions``, ``embedding.layer_norm``, ``transformer.layers.N.*`` in
-  ``nn.TransformerDecoderLayer`` naming, ``transformer.norm`` for pre-norm, ``output``) ->
+  ``nn.TransformerDecoderLayer`` naming, ``output``; no ``transformer.norm``: the original's
+  pre-norm stack had no final LayerNorm, so imported configs set ``final_norm=False``) ->
   unchanged: our head uses the same names. Shared tensors appear under every name that shares
   them (the loader accepts that).
 
@@ -106,8 +107,13 @@ def parse_textual_name(name: str, dropout: float, max_length: int) -> TextualCon
     absent = [letter for letter, field in _TEXTUAL_FIELDS.items() if field not in values]
     if absent:
         raise ValueError(f"MODEL.TEXTUAL.NAME {name!r}: missing field(s) {', '.join(absent)}")
+    # The original's pre-norm stack had no LayerNorm after its last layer.
     return TextualConfig(
-        norm_first=family == "transdec_prenorm", dropout=dropout, max_length=max_length, **values
+        norm_first=family == "transdec_prenorm",
+        final_norm=False,
+        dropout=dropout,
+        max_length=max_length,
+        **values,
     )
 
 
