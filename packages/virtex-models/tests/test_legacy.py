@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from models_testing import Batch
+from models_testing import Batch, MultilabelBatch, TokenBatch
 from torch import Tensor, nn
 
 from virtex_models import Captioning, MultilabelClassification, TokenClassification
@@ -320,4 +320,22 @@ def test_classification_checkpoints_load(
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         pooled = visual.eval()(images).mean(dim=(2, 3))
-        torch.testing.assert_close(model.textual(model.visual(images)), head(pooled))
+        logits = head(pooled)
+        torch.testing.assert_close(model.textual(model.visual(images)), logits)
+    # The loss on a fixed batch, against the original's loop written from its description:
+    # per image, minus the mean log-softmax of the unique labels outside its ignore list.
+    lists = [[1, 7, 0, 7, 9, 2], [5, 3, 12, 0]] if cls else [[4, 4, 17, 0], [80, 0, 0]]
+    ignore = {0, 1, 2, 3} if cls else {0}
+    expected = 0.0
+    for row, ids in enumerate(lists):
+        unique = sorted(set(ids) - ignore)
+        log_probs = torch.log_softmax(logits[row].double(), 0)
+        expected -= float(log_probs[unique].mean())
+    expected /= len(lists)
+    targets = torch.zeros(2, outputs)
+    for row, ids in enumerate(lists):
+        targets[row, [k for k in ids if k not in ignore]] = 1.0
+    fields = (torch.arange(2), images, torch.ones(2, 2, dtype=torch.long), torch.tensor([2, 2]))
+    batch = TokenBatch(*fields, targets) if cls else MultilabelBatch(*fields, targets)
+    with torch.no_grad():
+        assert model(batch).loss.item() == pytest.approx(expected, rel=1e-4)
