@@ -176,6 +176,33 @@ def test_masked_lm_counts_only_labelled_positions_without_causal_mask() -> None:
     assert not torch.allclose(other[0, 2], logits[0, 2])
 
 
+def test_masked_lm_original_vocab_ignores_masked_unk_and_empty_batches() -> None:
+    legacy = VocabSpec.legacy(size=30)  # pad = unk = 0, mask 3
+    model = build("masked_lm", vocab=legacy)
+    base = caption_batch(legacy)
+    tokens = base.tokens.clone()
+    tokens[0, 2] = 0  # an [UNK] word
+    labels = torch.full_like(tokens, IGNORE_INDEX)
+    for row, position in ((0, 2), (1, 1)):
+        labels[row, position] = tokens[row, position]
+        tokens[row, position] = legacy.mask
+    batch = MaskedBatch(base.image_ids, base.images, tokens, base.lengths, mlm_labels=labels)
+    with torch.no_grad():
+        output = model(batch)
+        logits = model.textual(model.visual(batch.images), tokens, batch.lengths, causal=False)
+    # The original's cross-entropy ignored label 0 (its padding_idx): only (1, 1) counts.
+    scores = logits[1, 1].double()
+    expected = float(torch.logsumexp(scores, 0) - scores[labels[1, 1]])
+    assert output.loss.item() == pytest.approx(expected, rel=1e-5)
+    empty = MaskedBatch(
+        base.image_ids, base.images, tokens, base.lengths, torch.full_like(labels, IGNORE_INDEX)
+    )
+    model.train()
+    loss = model(empty).loss
+    loss.backward()
+    assert loss.item() == 0.0
+
+
 def hand_bce(logits: Tensor, targets: Tensor, skip_column: int | None = None) -> float:
     total = 0.0
     for row in range(logits.shape[0]):
