@@ -78,6 +78,9 @@ ORIGINAL_DEFAULTS: dict[str, Any] = {
 
 _TEXTUAL_FIELDS = {"L": "layers", "H": "width", "A": "heads", "F": "ffn"}
 
+#: Key prefixes that only the original's June-2020 (v0.9) checkpoints have.
+_PRE_V1_PREFIXES = ("textual.encoder.", "backward_textual.encoder.", "visual_projection.")
+
 
 def parse_visual_name(name: str) -> VisualConfig:
     """``torchvision::resnet50`` -> ``VisualConfig(kind="torchvision", name="resnet50")``."""
@@ -200,8 +203,16 @@ def convert_state_dict(
     """Original parameter names -> ours (``visual.cnn.`` -> ``visual.``; heads unchanged).
 
     Raises:
-        ValueError: a key outside ``visual.cnn.``, ``textual.`` and ``backward_textual.``.
+        ValueError: a key outside ``visual.cnn.``, ``textual.`` and ``backward_textual.``; a
+            checkpoint of the June-2020 (v0.9) zoo, named as such.
     """
+    old = sorted(k for k in state if k.startswith(_PRE_V1_PREFIXES))
+    if old:
+        raise ValueError(
+            f"{source}: a June-2020 (VirTex v0.9) checkpoint (key {old[0]!r}); its layout "
+            "(textual.encoder.*, a top-level visual_projection.*) predates the v1.x zoo and is "
+            "not supported: use the v1.x weights (virtex_models.zoo.MANIFEST)"
+        )
     converted: dict[str, Tensor] = {}
     for key, value in state.items():
         if key.startswith("visual.cnn."):
