@@ -93,6 +93,60 @@ def test_hub_backbone_from_a_torchvision_state_dict(tmp_path: Path) -> None:
         torch.testing.assert_close(cnn(images).flatten(1), reference(images))
 
 
+#: The original's ``hubconf.py`` (v1.4), typed here: the backbone of its best model.
+ORIGINAL_R50_URL = (
+    "https://www.dropbox.com/s/pxgjxcva7oypf12/backbone_bicaptioning_R_50_L1_H2048.pth?dl=1"
+)
+
+
+def test_hub_resnet50_is_the_original_one_liner_returning_the_grid(tmp_path: Path) -> None:
+    import inspect
+
+    from virtex_models import hub
+
+    signature = inspect.signature(hub.resnet50)
+    assert signature.parameters["pretrained"].default is False
+    assert signature.parameters["url"].default == ORIGINAL_R50_URL
+    # The published file: a torchvision ResNet-50 state dict without fc (fc was an identity).
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet50(weights=None)
+    with torch.no_grad():
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):  # non-trivial statistics
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    state = {k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")}
+    served = tmp_path / "served"
+    served.mkdir()
+    torch.save(state, served / "backbone_bicaptioning_R_50_L1_H2048.pth")
+    with serve(served) as (url, requests):
+        weights = f"{url}/backbone_bicaptioning_R_50_L1_H2048.pth?dl=1"
+        model = torch.hub.load(
+            str(REPO),
+            "resnet50",
+            source="local",
+            pretrained=True,
+            url=weights,
+            cache_dir=str(tmp_path / "cache"),
+        )
+    assert requests == ["/backbone_bicaptioning_R_50_L1_H2048.pth?dl=1"]
+    assert isinstance(model, torchvision.models.ResNet)
+    assert isinstance(model.avgpool, torch.nn.Identity) and isinstance(model.fc, torch.nn.Identity)
+    images = torch.randn(2, 3, 224, 224)
+    model.eval()
+    reference.eval()
+    with torch.no_grad():
+        grid = model(images)
+        # torchvision's own modules, run in order up to layer4.
+        x = reference.maxpool(reference.relu(reference.bn1(reference.conv1(images))))
+        for stage in (reference.layer1, reference.layer2, reference.layer3, reference.layer4):
+            x = stage(x)
+    assert grid.shape == (2, 2048, 7, 7)
+    torch.testing.assert_close(grid, x)
+    random_init = torch.hub.load(str(REPO), "resnet50", source="local")
+    assert isinstance(random_init, torchvision.models.ResNet)
+
+
 def test_checksum_mismatch_leaves_no_file(checkpoint: tuple, tmp_path: Path) -> None:
     path, _ = checkpoint
     with serve(path.parent) as (url, _), pytest.raises(ValueError, match="does not match"):
