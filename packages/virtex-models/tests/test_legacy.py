@@ -130,6 +130,33 @@ class Original(nn.Module):
         return out
 
 
+def original_sample(
+    original: Original, images: Tensor, top_p: float, max_steps: int
+) -> list[list[int]]:
+    """The original nucleus sampler (global random source), re-running the model over
+    ``[SOS]`` and every generated token at each step."""
+    grid = original.visual(images)
+    rows = images.shape[0]
+    predictions = [torch.full((rows,), SOS)]
+    for _ in range(max_steps):
+        last = predictions[-1]
+        if bool((last == EOS).all()):
+            break
+        logits = original.textual(grid, torch.stack(predictions, dim=1))[:, -1]
+        sorted_logits, order = torch.sort(logits, descending=True)
+        mass = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)
+        remove = mass > top_p
+        remove[:, 1:] = remove[:, :-1].clone()  # the mass BEFORE a token decides
+        remove[:, 0] = False
+        for row in range(rows):
+            logits[row, order[row][remove[row]]] = -1e12
+            logits[row, last[row]] = -1e12  # never the previous token
+        token = torch.multinomial(torch.softmax(logits, dim=-1), 1).view(rows)
+        token[last == EOS] = EOS
+        predictions.append(token)
+    return torch.stack(predictions[1:], dim=1).tolist()
+
+
 def randomise(model: nn.Module, seed: int, unk_bias: float = 0.0) -> None:
     """Weights far from the 0.02 init so that captions vary (the tie stays a tie). The pad/unk
     row of the word embedding stays zero, as in every trained original checkpoint (it has no
@@ -258,6 +285,39 @@ def test_loaded_original_has_the_same_loss_and_captions(
             assert [until_eos(row) for row in generated.tolist()] == [until_eos(r) for r in theirs]
             assert any(0 in until_eos(row) for row in theirs)  # [UNK] was generated
     assert len({t for row in theirs for t in row}) > 3  # captions are not degenerate
+
+
+def test_nucleus_config_samples_as_the_original(tmp_path: Path) -> None:
+    original, checkpoint, config = write_original(tmp_path, True, False)
+    config.write_text(
+        config.read_text().replace(
+            "  DECODER:\n    BEAM_SIZE: 3\n",
+            "  DECODER:\n    NAME: nucleus_sampling\n    NUCLEUS_SIZE: 0.8\n",
+        )
+    )
+    model, spec = load_original(checkpoint, config)
+    assert spec.config.decoder.mode == "legacy_nucleus" and spec.config.decoder.top_p == 0.8
+    images = captions_batch().images
+    repeats = 0
+    for seed in range(4):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            theirs = original_sample(original, images, 0.8, max_steps=10)
+            ours = model.generate(images, generator=torch.Generator().manual_seed(seed))
+        assert ours.tolist() == theirs
+        for row in theirs:
+            row = until_eos(row)
+            assert all(a != b for a, b in zip(row, row[1:]))  # the no-repeat rule
+    # Our own nucleus mode on the same model, for contrast, does repeat tokens.
+    for seed in range(4):
+        with torch.no_grad():
+            plain = model.generate(
+                images, mode="nucleus", nucleus=0.8, generator=torch.Generator().manual_seed(seed)
+            )
+        for row in plain.tolist():
+            row = until_eos(row)
+            repeats += sum(a == b for a, b in zip(row, row[1:]))
+    assert repeats > 0
 
 
 def test_shape_mismatch_names_the_keys(tmp_path: Path) -> None:

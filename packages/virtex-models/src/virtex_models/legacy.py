@@ -186,7 +186,7 @@ def spec_from_original_config(
         )
     elif decoder_cfg["NAME"] == "nucleus_sampling":
         decoder = DecoderConfig(
-            mode="nucleus", top_p=float(decoder_cfg["NUCLEUS_SIZE"]), max_steps=steps
+            mode="legacy_nucleus", top_p=float(decoder_cfg["NUCLEUS_SIZE"]), max_steps=steps
         )
     else:
         raise ValueError(f"{source}: MODEL.DECODER.NAME {decoder_cfg['NAME']!r} is not supported")
