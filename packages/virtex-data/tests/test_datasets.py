@@ -86,9 +86,77 @@ def test_train_samples_pick_random_captions(
     assert len(seen) >= 3
 
 
-def test_mask_tokens_follows_the_proportions() -> None:
+MASK_ID = 4
+WORDS = torch.arange(10, 300)  # replacement pool, disjoint from the specials 0..4
+
+
+def caption(words: int) -> torch.Tensor:
+    """``[SOS] w1 .. w_words [EOS]`` with words 100, 101, ... (never in 0..9)."""
+    return torch.tensor([2, *range(100, 100 + words), 3])
+
+
+def binomial_tolerance(p: float, n: int) -> float:
+    """Five binomial standard deviations of a rate estimated from ``n`` draws."""
+    return 5 * (p * (1 - p) / n) ** 0.5
+
+
+def test_original_masking_chooses_exactly_ceil_15_percent() -> None:
+    # Reference count by integer arithmetic: ceil(15 * m / 100) (equal to the original's float
+    # ceil(0.15 * m) for every caption length up to 30 tokens).
+    config = MaskingConfig(mask=1.0, random=0.0, keep=0.0)
+    assert config.procedure == "original"
     generator = torch.Generator().manual_seed(0)
-    config = MaskingConfig(proportion=0.15, mask=0.85, random=0.10, keep=0.05)
+    for words in range(1, 29):
+        expected = -(-15 * words // 100)
+        for _ in range(5):
+            tokens = caption(words)
+            inputs, labels = mask_tokens(tokens, config, MASK_ID, WORDS, generator)
+            assert int((inputs == MASK_ID).sum()) == expected, words
+            assert inputs[0] == 2 and inputs[-1] == 3
+    # No word: nothing to choose.
+    inputs, labels = mask_tokens(caption(0), config, MASK_ID, WORDS, generator)
+    assert inputs.tolist() == [2, 3] and (labels == IGNORE_INDEX).all()
+
+
+def test_original_masking_labels_only_mask_positions_and_rates() -> None:
+    config = MaskingConfig()  # the default is the original's procedure with 0.85 / 0.10 / 0.05
+    generator = torch.Generator().manual_seed(1)
+    tokens = caption(20)  # ceil(0.15 * 20) = 3 chosen positions per draw
+    draws = 4000
+    masked = randomised = 0
+    for _ in range(draws):
+        inputs, labels = mask_tokens(tokens, config, MASK_ID, WORDS, generator)
+        labelled = labels != IGNORE_INDEX
+        assert torch.equal(labelled, inputs == MASK_ID)  # labels exactly where [MASK] went
+        assert torch.equal(labels[labelled], tokens[labelled])
+        changed = inputs != tokens
+        masked += int(labelled.sum())
+        randomised += int((changed & ~labelled).sum())
+        # A random replacement comes from the pool (the pool holds no caption word here).
+        assert all(10 <= int(t) < 300 for t in inputs[changed & ~labelled])
+        assert int(changed.sum()) <= 3
+    chosen = 3 * draws
+    kept = chosen - masked - randomised
+    for count, p in ((masked, 0.85), (randomised, 0.10), (kept, 0.05)):
+        assert abs(count / chosen - p) < binomial_tolerance(p, chosen), (count, p)
+
+
+def test_original_masking_single_choice_is_always_mask() -> None:
+    config = MaskingConfig(mask=0.0, random=1.0, keep=0.0)  # [MASK] only by the single rule
+    generator = torch.Generator().manual_seed(2)
+    for words in range(1, 7):  # ceil(0.15 * m) == 1 for m <= 6
+        for _ in range(50):
+            inputs, labels = mask_tokens(caption(words), config, MASK_ID, WORDS, generator)
+            assert int((inputs == MASK_ID).sum()) == 1
+            assert int((labels != IGNORE_INDEX).sum()) == 1
+    # Two chosen positions: the rule no longer applies, both are replaced and unlabelled.
+    inputs, labels = mask_tokens(caption(7), config, MASK_ID, WORDS, generator)
+    assert (labels == IGNORE_INDEX).all() and int((inputs == MASK_ID).sum()) == 0
+
+
+def test_bernoulli_masking_follows_the_proportions() -> None:
+    generator = torch.Generator().manual_seed(0)
+    config = MaskingConfig(procedure="bernoulli", proportion=0.15, mask=0.85, random=0.10)
     tokens = torch.tensor([2] + list(range(10, 210)) + [3])
     replacements = torch.arange(5, 300)
     chosen = masked = randomised = kept = 0
@@ -112,8 +180,8 @@ def test_mask_tokens_follows_the_proportions() -> None:
     assert abs(kept / chosen - 0.05) < 0.015
 
 
-def test_mask_tokens_chooses_at_least_one_token() -> None:
-    config = MaskingConfig(proportion=0.01, mask=1.0, random=0.0, keep=0.0)
+def test_bernoulli_masking_chooses_at_least_one_token() -> None:
+    config = MaskingConfig(procedure="bernoulli", proportion=0.01, mask=1.0, random=0.0, keep=0.0)
     for seed in range(20):
         inputs, labels = mask_tokens(
             torch.tensor([2, 10, 11, 3]),
@@ -126,9 +194,34 @@ def test_mask_tokens_chooses_at_least_one_token() -> None:
         assert (inputs == 4).sum() == (labels != IGNORE_INDEX).sum()
 
 
-def test_masking_config_rejects_bad_probabilities() -> None:
+def test_masking_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="must be 1"):
         MaskingConfig(mask=0.5, random=0.1, keep=0.1)
+    with pytest.raises(ValueError, match="masking.procedure"):
+        DataConfig.from_dict({"masking": {"procedure": "span"}})
+    with pytest.raises(ValueError, match="masking.random_pool"):
+        DataConfig.from_dict({"masking": {"random_pool": "vocab"}})
+
+
+@pytest.mark.parametrize("pool", ["words", "any"])
+def test_masked_lm_random_replacements_pool(
+    synth_data: dict[str, Path], tokenizer: CaptionTokenizer, pool: str
+) -> None:
+    """Our pool never draws a special token; the original's (``any``) draws every id."""
+    masking = MaskingConfig(procedure="bernoulli", proportion=1.0, mask=0.0, random=1.0, keep=0.0)
+    masking.random_pool = pool  # type: ignore[assignment]
+    dataset = build_dataset(_config(synth_data, masking=masking), "train", "masked_lm", tokenizer)
+    special = set(tokenizer.special.as_dict().values())
+    drawn: set[int] = set()
+    for _ in range(12):
+        for index in range(len(dataset)):
+            sample = dataset[index]
+            drawn.update(int(t) for t in sample.tokens[1:-1])
+    if pool == "words":
+        assert not drawn & special
+        assert len(drawn) > tokenizer.vocab_size // 2  # the pool is the whole word vocabulary
+    else:
+        assert special <= drawn
 
 
 def test_masked_lm_batch(synth_data: dict[str, Path], tokenizer: CaptionTokenizer) -> None:
@@ -139,7 +232,9 @@ def test_masked_lm_batch(synth_data: dict[str, Path], tokenizer: CaptionTokenize
     for row in range(6):
         n = int(batch.lengths[row])
         assert (batch.mlm_labels[row, n:] == IGNORE_INDEX).all()
-        assert (batch.mlm_labels[row, :n] != IGNORE_INDEX).sum() >= 1
+        labelled = batch.mlm_labels[row, :n] != IGNORE_INDEX
+        # The original procedure labels exactly the [MASK] positions.
+        assert torch.equal(labelled, batch.tokens[row, :n] == tokenizer.special.mask)
 
 
 def test_token_classification_multi_hot_is_the_bag_of_tokens(

@@ -108,6 +108,34 @@ def test_torchvision_backbones_return_last_grid(name: str) -> None:
         assert backbone.eval()(torch.randn(1, 3, 64, 64)).shape == (1, channels, 2, 2)
 
 
+@pytest.mark.parametrize(("name", "last_norm"), [("resnet18", "bn2"), ("resnet50", "bn3")])
+def test_zero_init_residual_is_the_default(name: str, last_norm: str) -> None:
+    """Every residual branch's last BatchNorm starts at zero (the original pretraining runs'
+    ``zero_init_residual=True``); the other BatchNorms start at one; off on request."""
+    assert VisualConfig().zero_init_residual is True
+    for zero in (True, False):
+        backbone = VisualConfig(name=name, zero_init_residual=zero).build()
+        blocks = [b for stage in range(1, 5) for b in getattr(backbone, f"layer{stage}")]
+        assert len(blocks) == (8 if name == "resnet18" else 16)
+        for block in blocks:
+            weight = getattr(block, last_norm).weight
+            assert bool((weight == 0).all()) is zero
+            assert bool((block.bn1.weight == 1).all())
+        assert bool((backbone.bn1.weight == 1).all())
+
+
+def test_parameter_count_equals_the_original() -> None:
+    """R-50 + L1 H1024 bicaptioning over the original's 10k vocabulary: 69,482,320 parameters
+    in the original code (counted there, tied weights once)."""
+    config = {"kind": "bicaptioning", "textual": {"width": 1024, "heads": 16, "ffn": 4096}}
+    for zero in (True, False):
+        with torch.device("meta"):
+            model = ModelConfig.from_dict({**config, "visual": {"zero_init_residual": zero}}).build(
+                VocabSpec.legacy(10000)
+            )
+        assert sum(p.numel() for p in model.parameters()) == 69_482_320
+
+
 def test_channels_last_backbone_computes_the_same_grid() -> None:
     torch.manual_seed(0)
     plain = TorchvisionBackbone("resnet18").eval()

@@ -93,6 +93,60 @@ def test_hub_backbone_from_a_torchvision_state_dict(tmp_path: Path) -> None:
         torch.testing.assert_close(cnn(images).flatten(1), reference(images))
 
 
+#: The original's ``hubconf.py`` (v1.4), typed here: the backbone of its best model.
+ORIGINAL_R50_URL = (
+    "https://www.dropbox.com/s/pxgjxcva7oypf12/backbone_bicaptioning_R_50_L1_H2048.pth?dl=1"
+)
+
+
+def test_hub_resnet50_is_the_original_one_liner_returning_the_grid(tmp_path: Path) -> None:
+    import inspect
+
+    from virtex_models import hub
+
+    signature = inspect.signature(hub.resnet50)
+    assert signature.parameters["pretrained"].default is False
+    assert signature.parameters["url"].default == ORIGINAL_R50_URL
+    # The published file: a torchvision ResNet-50 state dict without fc (fc was an identity).
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet50(weights=None)
+    with torch.no_grad():
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):  # non-trivial statistics
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    state = {k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")}
+    served = tmp_path / "served"
+    served.mkdir()
+    torch.save(state, served / "backbone_bicaptioning_R_50_L1_H2048.pth")
+    with serve(served) as (url, requests):
+        weights = f"{url}/backbone_bicaptioning_R_50_L1_H2048.pth?dl=1"
+        model = torch.hub.load(
+            str(REPO),
+            "resnet50",
+            source="local",
+            pretrained=True,
+            url=weights,
+            cache_dir=str(tmp_path / "cache"),
+        )
+    assert requests == ["/backbone_bicaptioning_R_50_L1_H2048.pth?dl=1"]
+    assert isinstance(model, torchvision.models.ResNet)
+    assert isinstance(model.avgpool, torch.nn.Identity) and isinstance(model.fc, torch.nn.Identity)
+    images = torch.randn(2, 3, 224, 224)
+    model.eval()
+    reference.eval()
+    with torch.no_grad():
+        grid = model(images)
+        # torchvision's own modules, run in order up to layer4.
+        x = reference.maxpool(reference.relu(reference.bn1(reference.conv1(images))))
+        for stage in (reference.layer1, reference.layer2, reference.layer3, reference.layer4):
+            x = stage(x)
+    assert grid.shape == (2, 2048, 7, 7)
+    torch.testing.assert_close(grid, x)
+    random_init = torch.hub.load(str(REPO), "resnet50", source="local")
+    assert isinstance(random_init, torchvision.models.ResNet)
+
+
 def test_checksum_mismatch_leaves_no_file(checkpoint: tuple, tmp_path: Path) -> None:
     path, _ = checkpoint
     with serve(path.parent) as (url, _), pytest.raises(ValueError, match="does not match"):
@@ -104,34 +158,96 @@ def test_checksum_mismatch_leaves_no_file(checkpoint: tuple, tmp_path: Path) -> 
         fetch(tmp_path / "absent.pt")
 
 
-def test_zoo_manifest_covers_the_published_ablations() -> None:
-    names = set(zoo.MANIFEST)
-    assert "width_ablations/bicaptioning_R_50_L1_H2048" in names
-    assert {n.split("/")[0] for n in names} == {
-        "task_ablations",
-        "width_ablations",
-        "depth_ablations",
-        "backbone_ablations",
+#: The original's ``virtex/model_zoo/model_zoo.py`` at v1.4 (``CONFIG_PATH_TO_DB_ID``), typed
+#: here from that file: config path -> Dropbox id. URL: https://www.dropbox.com/s/<id>/<stem>.pth?dl=1
+ORIGINAL_ZOO = {
+    "task_ablations/bicaptioning_R_50_L1_H2048.yaml": "mbeeso8wyieq8wy",
+    "task_ablations/captioning_R_50_L1_H2048.yaml": "r6zen9k43m5oo58",
+    "task_ablations/token_classification_R_50.yaml": "o4p9lki505r0mef",
+    "task_ablations/multilabel_classification_R_50.yaml": "hbspp3jv3u8h3bc",
+    "task_ablations/masked_lm_R_50_L1_H2048.yaml": "ldzrk6vem4mg6bl",
+    "width_ablations/bicaptioning_R_50_L1_H512.yaml": "o9fr69jjqfn8a65",
+    "width_ablations/bicaptioning_R_50_L1_H768.yaml": "1zxglqrrbfufv9d",
+    "width_ablations/bicaptioning_R_50_L1_H1024.yaml": "pdat4tvhnqxel64",
+    "width_ablations/bicaptioning_R_50_L1_H2048.yaml": "mbeeso8wyieq8wy",
+    "depth_ablations/bicaptioning_R_50_L1_H1024.yaml": "pdat4tvhnqxel64",
+    "depth_ablations/bicaptioning_R_50_L2_H1024.yaml": "ft1vtt4okirzjgo",
+    "depth_ablations/bicaptioning_R_50_L3_H1024.yaml": "5ldo1rcsnrshmjr",
+    "depth_ablations/bicaptioning_R_50_L4_H1024.yaml": "zgiit2wcluuq3xh",
+    "backbone_ablations/bicaptioning_R_50_L1_H1024.yaml": "pdat4tvhnqxel64",
+    "backbone_ablations/bicaptioning_R_50W2X_L1_H1024.yaml": "5o198ux709r6376",
+    "backbone_ablations/bicaptioning_R_101_L1_H1024.yaml": "bb74jubt68cpn80",
+}
+
+
+def test_zoo_manifest_is_the_original_v1_zoo() -> None:
+    assert len(zoo.MANIFEST) == 16
+    expected = {
+        path.removesuffix(".yaml"): "https://www.dropbox.com/s/"
+        f"{dropbox_id}/{path.split('/')[1].replace('.yaml', '.pth')}?dl=1"
+        for path, dropbox_id in ORIGINAL_ZOO.items()
     }
-    spec = zoo.MANIFEST["depth_ablations/bicaptioning_R_50_L4_H1024"].spec()
-    assert (spec.config.textual.layers, spec.config.textual.width) == (4, 1024)
-    assert spec.config.visual.name == "resnet50" and spec.vocab == VocabSpec.legacy(10000)
-    wide = zoo.MANIFEST["backbone_ablations/bicaptioning_R_50W2X_L1_H1024"].spec()
-    assert wide.config.visual.name == "wide_resnet50_2"
-    best = zoo.MANIFEST["width_ablations/bicaptioning_R_50_L1_H2048"].config
-    assert (best.kind, best.textual.width, best.textual.heads, best.textual.ffn) == (
-        "bicaptioning",
-        2048,
-        32,
-        8192,
-    )
-    assert best.decoder.mode == "legacy" and best.decoder.beam_size == 5
-    assert (
-        zoo.MANIFEST["task_ablations/captioning_R_50_L1_H2048"].spec().config.kind == "captioning"
-    )
-    for entry in zoo.MANIFEST.values():
-        assert entry.url.startswith("https://") and entry.original_config.endswith(".yaml")
-        entry.spec()  # every entry parses
+    assert {name: entry.url for name, entry in zoo.MANIFEST.items()} == expected
+    for name, entry in zoo.MANIFEST.items():
+        assert entry.original_config == f"{name}.yaml"
+        assert entry.sha256 is None  # the original publishes no digests
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "visual", "layers", "width"),
+    [
+        ("task_ablations/bicaptioning_R_50_L1_H2048", "bicaptioning", "resnet50", 1, 2048),
+        ("task_ablations/captioning_R_50_L1_H2048", "captioning", "resnet50", 1, 2048),
+        ("task_ablations/masked_lm_R_50_L1_H2048", "masked_lm", "resnet50", 1, 2048),
+        ("task_ablations/token_classification_R_50", "token_classification", "resnet50", 0, 0),
+        ("task_ablations/multilabel_classification_R_50", "multilabel_classification",
+         "resnet50", 0, 0),
+        ("width_ablations/bicaptioning_R_50_L1_H512", "bicaptioning", "resnet50", 1, 512),
+        ("width_ablations/bicaptioning_R_50_L1_H768", "bicaptioning", "resnet50", 1, 768),
+        ("depth_ablations/bicaptioning_R_50_L4_H1024", "bicaptioning", "resnet50", 4, 1024),
+        ("backbone_ablations/bicaptioning_R_50W2X_L1_H1024", "bicaptioning", "wide_resnet50_2",
+         1, 1024),
+        ("backbone_ablations/bicaptioning_R_101_L1_H1024", "bicaptioning", "resnet101", 1, 1024),
+    ],
+)  # fmt: skip
+def test_zoo_entry_architecture_matches_its_name(
+    name: str, kind: str, visual: str, layers: int, width: int
+) -> None:
+    spec = zoo.MANIFEST[name].spec()
+    config = spec.config
+    assert config.kind == kind and config.visual.name == visual
+    assert spec.vocab == VocabSpec.legacy(10000)
+    if layers:
+        t = config.textual
+        assert (t.layers, t.width, t.heads, t.ffn) == (layers, width, width // 64, 4 * width)
+        assert t.norm_first is False
+    if kind in ("bicaptioning", "captioning"):
+        assert config.decoder.mode == "legacy" and config.decoder.beam_size == 5
+
+
+def test_download_cache_is_keyed_by_the_whole_url(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    (first / "w.pth").write_bytes(b"first")
+    (second / "w.pth").write_bytes(b"second")
+    cache = tmp_path / "cache"
+    with serve(tmp_path) as (url, requests):
+        one = fetch(f"{url}/a/w.pth", cache_dir=cache, progress=False)
+        two = fetch(f"{url}/b/w.pth", cache_dir=cache, progress=False)
+        again = fetch(f"{url}/a/w.pth", cache_dir=cache, progress=False)
+    assert one != two and one == again
+    assert (one.read_bytes(), two.read_bytes()) == (b"first", b"second")
+    assert requests == ["/a/w.pth", "/b/w.pth"]
+    assert one.name.endswith("-w.pth") and two.name.endswith("-w.pth")
+
+
+def test_june_2020_checkpoints_are_refused_by_name(tmp_path: Path) -> None:
+    from virtex_models.legacy import convert_state_dict
+
+    for key in ("textual.encoder.layers.0.linear1.weight", "visual_projection.weight"):
+        with pytest.raises(ValueError, match=r"June-2020 \(VirTex v0\.9\).*v1\.x"):
+            convert_state_dict({"visual.cnn.conv1.weight": torch.zeros(1), key: torch.zeros(1)})
 
 
 def test_zoo_downloads_verifies_and_converts(tmp_path: Path) -> None:
@@ -172,7 +288,7 @@ def test_zoo_downloads_verifies_and_converts(tmp_path: Path) -> None:
         assert requests == ["/abc.pth"]  # the second load read the verified cache
         with pytest.raises(KeyError, match="no zoo entry"):
             zoo.load("nope", manifest=manifest)
-    assert (cache / "tiny__bicaptioning_R_18_L1_H32.pth").is_file()
+    assert [p.name.endswith("-abc.pth") for p in cache.iterdir()] == [True]
 
 
 def test_zoo_load_returns_the_converted_objective(tmp_path: Path) -> None:

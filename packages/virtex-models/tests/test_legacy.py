@@ -1,9 +1,12 @@
 """Original VirTex checkpoints: loss and captions equal to an independent re-implementation.
 
 ``Original`` below is written in these tests from the documented facts of the original code
-(names of its state dict, vocabulary layout, reversed captions, decoder semantics), with PyTorch
-building blocks (``nn.TransformerDecoder``); it is not the original code. Its state dict, saved
-the way the original saved checkpoints (shared tensors included), is loaded by ``load_original``.
+(names of its state dict, vocabulary layout pad = unk = 0, embedding ``dropout(layernorm(word +
+position)) * (tokens != 0)``, cross-entropy ignoring id 0, key padding by lengths, pre-norm
+stack without a final LayerNorm, reversed captions, decoder semantics), with PyTorch building
+blocks (``nn.TransformerDecoder``); it is not the original code. Its state dict, saved the way
+the original saved checkpoints (shared tensors included), is loaded by ``load_original``.
+Captions contain [UNK] (id 0) and the weights make the decoders generate it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from models_testing import Batch
+from models_testing import Batch, MultilabelBatch, TokenBatch
 from torch import Tensor, nn
 
 from virtex_models import Captioning, MultilabelClassification, TokenClassification
@@ -29,10 +32,12 @@ class OriginalEmbedding(nn.Module):
         self.words = nn.Embedding(V, H, padding_idx=PAD)
         self.positions = nn.Embedding(MAX_LEN, H)
         self.layer_norm = nn.LayerNorm(H, eps=1e-8)
+        self.dropout = nn.Dropout(0.1)
 
     def forward(self, tokens: Tensor) -> Tensor:
         positions = torch.arange(tokens.shape[1])[None, :]
-        return self.layer_norm(self.words(tokens) + self.positions(positions))
+        x = self.dropout(self.layer_norm(self.words(tokens) + self.positions(positions)))
+        return x * (tokens != PAD).unsqueeze(-1).float()
 
 
 class OriginalTextual(nn.Module):
@@ -43,16 +48,18 @@ class OriginalTextual(nn.Module):
         layer = nn.TransformerDecoderLayer(
             H, A, F_, dropout=0.1, activation="gelu", norm_first=prenorm
         )
-        norm = nn.LayerNorm(H) if prenorm else None
-        self.transformer = nn.TransformerDecoder(layer, L, norm=norm)
+        self.transformer = nn.TransformerDecoder(layer, L)  # no final norm, pre-norm included
         self.output = nn.Linear(H, V)
         self.output.weight = self.embedding.words.weight
 
-    def forward(self, grid: Tensor, tokens: Tensor) -> Tensor:
+    def forward(self, grid: Tensor, tokens: Tensor, lengths: Tensor | None = None) -> Tensor:
         memory = self.visual_projection(grid.flatten(2).permute(2, 0, 1))  # (S, B, H)
         x = self.embedding(tokens).transpose(0, 1)  # (L, B, H), sequence-first
-        causal = torch.triu(torch.full((tokens.shape[1],) * 2, float("-inf")), diagonal=1)
-        x = self.transformer(x, memory, tgt_mask=causal)
+        causal = torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool).triu(1)
+        if lengths is None:  # decoding: every position is a real token, [UNK] included
+            lengths = torch.full((tokens.shape[0],), tokens.shape[1])
+        padding = torch.arange(tokens.shape[1])[None, :] >= lengths[:, None]
+        x = self.transformer(x, memory, tgt_mask=causal, tgt_key_padding_mask=padding)
         return self.output(x.transpose(0, 1))
 
 
@@ -84,13 +91,13 @@ class Original(nn.Module):
     def loss(self, images: Tensor, tokens: Tensor, lengths: Tensor) -> Tensor:
         grid = self.visual(images)
         criterion = nn.CrossEntropyLoss(ignore_index=PAD)
-        logits = self.textual(grid, tokens)
+        logits = self.textual(grid, tokens, lengths)
         loss = criterion(logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1))
         if self.bidirectional:
             backward = tokens.clone()
             for row, length in enumerate(lengths.tolist()):
                 backward[row, :length] = tokens[row, :length].flip(0)
-            logits = self.backward_textual(grid, backward)
+            logits = self.backward_textual(grid, backward, lengths)
             loss = loss + criterion(logits[:, :-1].reshape(-1, V), backward[:, 1:].reshape(-1))
         return loss
 
@@ -123,8 +130,37 @@ class Original(nn.Module):
         return out
 
 
-def randomise(model: nn.Module, seed: int) -> None:
-    """Weights far from the 0.02 init so that captions vary (the tie stays a tie)."""
+def original_sample(
+    original: Original, images: Tensor, top_p: float, max_steps: int
+) -> list[list[int]]:
+    """The original nucleus sampler (global random source), re-running the model over
+    ``[SOS]`` and every generated token at each step."""
+    grid = original.visual(images)
+    rows = images.shape[0]
+    predictions = [torch.full((rows,), SOS)]
+    for _ in range(max_steps):
+        last = predictions[-1]
+        if bool((last == EOS).all()):
+            break
+        logits = original.textual(grid, torch.stack(predictions, dim=1))[:, -1]
+        sorted_logits, order = torch.sort(logits, descending=True)
+        mass = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)
+        remove = mass > top_p
+        remove[:, 1:] = remove[:, :-1].clone()  # the mass BEFORE a token decides
+        remove[:, 0] = False
+        for row in range(rows):
+            logits[row, order[row][remove[row]]] = -1e12
+            logits[row, last[row]] = -1e12  # never the previous token
+        token = torch.multinomial(torch.softmax(logits, dim=-1), 1).view(rows)
+        token[last == EOS] = EOS
+        predictions.append(token)
+    return torch.stack(predictions[1:], dim=1).tolist()
+
+
+def randomise(model: nn.Module, seed: int, unk_bias: float = 0.0) -> None:
+    """Weights far from the 0.02 init so that captions vary (the tie stays a tie). The pad/unk
+    row of the word embedding stays zero, as in every trained original checkpoint (it has no
+    gradient); a high output bias of id 0 makes the decoders generate [UNK]."""
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -134,6 +170,10 @@ def randomise(model: nn.Module, seed: int) -> None:
                 parameter.normal_(0.0, parameter.shape[1] ** -0.5)
             elif "norm" not in name:
                 parameter.normal_(0.0, 0.5)
+        for head in ("textual", "backward_textual"):
+            if hasattr(model, head):
+                getattr(model, head).embedding.words.weight[PAD].zero_()
+                getattr(model, head).output.bias[PAD] = unk_bias
 
 
 CONFIG_BASE = """\
@@ -172,7 +212,9 @@ def write_original(
 ) -> tuple[Original, Path, Path]:
     torch.manual_seed(0)
     original = Original(bidirectional, prenorm)
-    randomise(original, 1)
+    # Output bias of id 0 (pad = unk) high enough that the decoders generate [UNK] but not only
+    # [UNK]; the pre-norm stack (no final LayerNorm) has larger logits.
+    randomise(original, 1, unk_bias=4.0 if prenorm else 1.5)
     original.eval()
     checkpoint = tmp_path / "checkpoint_5000.pth"
     torch.save(
@@ -207,6 +249,7 @@ def captions_batch() -> Batch:
     for row, length in enumerate(lengths.tolist()):
         tokens[row, 0], tokens[row, length - 1] = SOS, EOS
         tokens[row, 1 : length - 1] = torch.randint(4, V, (length - 2,), generator=generator)
+    tokens[0, 2] = tokens[0, 5] = tokens[2, 1] = 0  # [UNK] inside captions (pad = unk = 0)
     images = torch.randn(3, 3, 64, 64, generator=generator)
     return Batch(image_ids=torch.arange(3), images=images, tokens=tokens, lengths=lengths)
 
@@ -240,7 +283,43 @@ def test_loaded_original_has_the_same_loss_and_captions(
                 else model.generate(batch.images, beam_size=1)
             )
             assert [until_eos(row) for row in generated.tolist()] == [until_eos(r) for r in theirs]
+            assert any(0 in until_eos(row) for row in theirs)  # [UNK] was generated
     assert len({t for row in theirs for t in row}) > 3  # captions are not degenerate
+
+
+def test_nucleus_config_samples_as_the_original(tmp_path: Path) -> None:
+    original, checkpoint, config = write_original(tmp_path, True, False)
+    config.write_text(
+        config.read_text().replace(
+            "  DECODER:\n    BEAM_SIZE: 3\n",
+            "  DECODER:\n    NAME: nucleus_sampling\n    NUCLEUS_SIZE: 0.8\n",
+        )
+    )
+    model, spec = load_original(checkpoint, config)
+    assert spec.config.decoder.mode == "legacy_nucleus" and spec.config.decoder.top_p == 0.8
+    images = captions_batch().images
+    repeats = unknown = 0
+    for seed in range(4):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            theirs = original_sample(original, images, 0.8, max_steps=10)
+            ours = model.generate(images, generator=torch.Generator().manual_seed(seed))
+        assert ours.tolist() == theirs
+        for row in theirs:
+            row = until_eos(row)
+            unknown += row.count(0)
+            assert all(a != b for a, b in zip(row, row[1:]))  # the no-repeat rule
+    assert unknown > 0  # [UNK] was sampled (and then fed back as a zero embedding)
+    # Our own nucleus mode on the same model, for contrast, does repeat tokens.
+    for seed in range(4):
+        with torch.no_grad():
+            plain = model.generate(
+                images, mode="nucleus", nucleus=0.8, generator=torch.Generator().manual_seed(seed)
+            )
+        for row in plain.tolist():
+            row = until_eos(row)
+            repeats += sum(a == b for a, b in zip(row, row[1:]))
+    assert repeats > 0
 
 
 def test_shape_mismatch_names_the_keys(tmp_path: Path) -> None:
@@ -303,4 +382,22 @@ def test_classification_checkpoints_load(
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         pooled = visual.eval()(images).mean(dim=(2, 3))
-        torch.testing.assert_close(model.textual(model.visual(images)), head(pooled))
+        logits = head(pooled)
+        torch.testing.assert_close(model.textual(model.visual(images)), logits)
+    # The loss on a fixed batch, against the original's loop written from its description:
+    # per image, minus the mean log-softmax of the unique labels outside its ignore list.
+    lists = [[1, 7, 0, 7, 9, 2], [5, 3, 12, 0]] if cls else [[4, 4, 17, 0], [80, 0, 0]]
+    ignore = {0, 1, 2, 3} if cls else {0}
+    expected = 0.0
+    for row, ids in enumerate(lists):
+        unique = sorted(set(ids) - ignore)
+        log_probs = torch.log_softmax(logits[row].double(), 0)
+        expected -= float(log_probs[unique].mean())
+    expected /= len(lists)
+    targets = torch.zeros(2, outputs)
+    for row, ids in enumerate(lists):
+        targets[row, [k for k in ids if k not in ignore]] = 1.0
+    fields = (torch.arange(2), images, torch.ones(2, 2, dtype=torch.long), torch.tensor([2, 2]))
+    batch = TokenBatch(*fields, targets) if cls else MultilabelBatch(*fields, targets)
+    with torch.no_grad():
+        assert model(batch).loss.item() == pytest.approx(expected, rel=1e-4)

@@ -33,9 +33,12 @@ TINY = {
 }
 
 
-def build(kind: str, vocab: VocabSpec = VOCAB, num_classes: int | None = None) -> torch.nn.Module:
+def build(
+    kind: str, vocab: VocabSpec = VOCAB, num_classes: int | None = None, **options: object
+) -> torch.nn.Module:
     torch.manual_seed(0)
-    return ModelConfig.from_dict({**TINY, "kind": kind}).build(vocab, num_classes).eval()
+    config = ModelConfig.from_dict({**TINY, "kind": kind, **options})
+    return config.build(vocab, num_classes).eval()
 
 
 def caption_batch(vocab: VocabSpec = VOCAB, lengths: tuple[int, ...] = (6, 4, 3)) -> Batch:
@@ -173,6 +176,33 @@ def test_masked_lm_counts_only_labelled_positions_without_causal_mask() -> None:
     assert not torch.allclose(other[0, 2], logits[0, 2])
 
 
+def test_masked_lm_original_vocab_ignores_masked_unk_and_empty_batches() -> None:
+    legacy = VocabSpec.legacy(size=30)  # pad = unk = 0, mask 3
+    model = build("masked_lm", vocab=legacy)
+    base = caption_batch(legacy)
+    tokens = base.tokens.clone()
+    tokens[0, 2] = 0  # an [UNK] word
+    labels = torch.full_like(tokens, IGNORE_INDEX)
+    for row, position in ((0, 2), (1, 1)):
+        labels[row, position] = tokens[row, position]
+        tokens[row, position] = legacy.mask
+    batch = MaskedBatch(base.image_ids, base.images, tokens, base.lengths, mlm_labels=labels)
+    with torch.no_grad():
+        output = model(batch)
+        logits = model.textual(model.visual(batch.images), tokens, batch.lengths, causal=False)
+    # The original's cross-entropy ignored label 0 (its padding_idx): only (1, 1) counts.
+    scores = logits[1, 1].double()
+    expected = float(torch.logsumexp(scores, 0) - scores[labels[1, 1]])
+    assert output.loss.item() == pytest.approx(expected, rel=1e-5)
+    empty = MaskedBatch(
+        base.image_ids, base.images, tokens, base.lengths, torch.full_like(labels, IGNORE_INDEX)
+    )
+    model.train()
+    loss = model(empty).loss
+    loss.backward()
+    assert loss.item() == 0.0
+
+
 def hand_bce(logits: Tensor, targets: Tensor, skip_column: int | None = None) -> float:
     total = 0.0
     for row in range(logits.shape[0]):
@@ -185,8 +215,8 @@ def hand_bce(logits: Tensor, targets: Tensor, skip_column: int | None = None) ->
     return total / logits.shape[0]
 
 
-def test_token_classification_loss_by_hand_excludes_padding_column() -> None:
-    model = build("token_classification")
+def test_token_classification_bce_loss_by_hand_excludes_padding_column() -> None:
+    model = build("token_classification", classification_loss="bce")
     assert isinstance(model, TokenClassification)
     base = caption_batch()
     labels = torch.zeros(3, VOCAB.size)
@@ -202,8 +232,8 @@ def test_token_classification_loss_by_hand_excludes_padding_column() -> None:
     assert output.loss.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_multilabel_loss_by_hand() -> None:
-    model = build("multilabel_classification", num_classes=5)
+def test_multilabel_bce_loss_by_hand() -> None:
+    model = build("multilabel_classification", num_classes=5, classification_loss="bce")
     assert isinstance(model, MultilabelClassification)
     base = caption_batch()
     labels = torch.tensor([[1.0, 0, 0, 1, 0], [0, 0, 0, 0, 0], [0, 1, 1, 1, 1]])
@@ -213,6 +243,94 @@ def test_multilabel_loss_by_hand() -> None:
         output = model(batch)
     assert output.logits is not None and output.logits.shape == (3, 5)
     assert output.loss.item() == pytest.approx(hand_bce(output.logits, labels), rel=1e-5)
+
+
+def original_classification_loss(
+    logits: Tensor, labels: list[list[int]], ignore: set[int]
+) -> float:
+    """The original VirTex ``ClassificationModel`` loss written from its description: per
+    image, minus the mean log-softmax probability of its unique labels outside ``ignore``,
+    summed over images and divided by the batch size (every image here has a label)."""
+    total = 0.0
+    for row, ids in enumerate(labels):
+        unique = sorted(set(ids) - ignore)
+        scores = logits[row].double()
+        log_probs = [float(scores[k] - torch.logsumexp(scores, 0)) for k in unique]
+        total -= sum(log_probs) / len(log_probs)
+    return total / len(labels)
+
+
+def test_token_classification_default_is_the_original_softmax_loss() -> None:
+    model = build("token_classification")
+    assert isinstance(model, TokenClassification) and model.loss == "softmax"
+    base = caption_batch()
+    # Label lists as the original's dataset gave them: caption tokens with repeats, specials and
+    # padding (id 0); repeats count once, specials never.
+    lists = [
+        [VOCAB.sos, 7, VOCAB.unk, 7, 9, VOCAB.eos, VOCAB.pad],
+        [VOCAB.sos, 11, VOCAB.mask, VOCAB.eos],
+        [VOCAB.sos, 5, 6, 5, VOCAB.eos],
+    ]
+    labels = torch.zeros(3, VOCAB.size)
+    labels[0, [7, 9]] = labels[1, [11]] = labels[2, [5, 6]] = 1.0  # what the dataset builds
+    batch = TokenBatch(base.image_ids, base.images, base.tokens, base.lengths, token_labels=labels)
+    with torch.no_grad():
+        output = model(batch)
+    assert output.logits is not None
+    specials = {VOCAB.pad, VOCAB.unk, VOCAB.sos, VOCAB.eos, VOCAB.mask}
+    expected = original_classification_loss(output.logits, lists, specials)
+    assert output.loss.item() == pytest.approx(expected, rel=1e-5)
+    # A special id set in the target by mistake still does not count.
+    labels[1, VOCAB.unk] = 1.0
+    with torch.no_grad():
+        assert model(batch).loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_multilabel_default_is_the_original_softmax_loss_one_label_cases() -> None:
+    model = build("multilabel_classification", num_classes=6)
+    assert isinstance(model, MultilabelClassification) and model.loss == "softmax"
+    base = caption_batch()
+    # Column 0 is the original's background (never a label); image 1 has one label only.
+    lists = [[1, 4, 4, 0], [3], [1, 2, 3, 5, 0, 0]]
+    labels = torch.zeros(3, 6)
+    for row, ids in enumerate(lists):
+        labels[row, [k for k in ids if k]] = 1.0
+    batch = MultilabelBatch(base.image_ids, base.images, base.tokens, base.lengths, labels)
+    with torch.no_grad():
+        output = model(batch)
+    assert output.logits is not None
+    expected = original_classification_loss(output.logits, lists, {0})
+    assert output.loss.item() == pytest.approx(expected, rel=1e-5)
+    # One image, one label: plain cross-entropy.
+    with torch.no_grad():
+        single = model(
+            MultilabelBatch(
+                *(t[1:2] for t in (base.image_ids, base.images, base.tokens, base.lengths)),
+                labels[1:2],
+            )
+        )
+    scores = output.logits[1].double()
+    assert single.loss.item() == pytest.approx(
+        float(torch.logsumexp(scores, 0) - scores[3]), rel=1e-5
+    )
+
+
+def test_softmax_loss_skips_images_without_labels_and_backpropagates() -> None:
+    from virtex_models.token_classification import softmax_multilabel_loss
+
+    logits = torch.tensor([[0.0, 1.0, 2.0], [3.0, 0.0, 0.0]], requires_grad=True)
+    targets = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    lse = math.log(1 + math.e + math.e**2)
+    expected = -((1.0 - lse) + (2.0 - lse)) / 2  # only image 0 counts
+    assert softmax_multilabel_loss(logits, targets).item() == pytest.approx(expected, rel=1e-6)
+    empty = softmax_multilabel_loss(logits, torch.zeros(2, 3))
+    empty.backward()
+    assert empty.item() == 0.0 and logits.grad is not None
+
+
+def test_classification_loss_option_is_validated() -> None:
+    with pytest.raises(ValueError, match="classification_loss"):
+        ModelConfig.from_dict({"kind": "token_classification", "classification_loss": "hinge"})
 
 
 def test_objectives_train_one_step() -> None:

@@ -198,3 +198,28 @@ def test_linear_head_pools_then_projects() -> None:
     grid = torch.randn(2, 8, 3, 3)
     expected = grid.mean(dim=(2, 3)) @ head.output.weight.T + head.output.bias
     torch.testing.assert_close(head(grid), expected)
+
+
+def test_embedding_zeroes_pad_positions_only() -> None:
+    """``layernorm(word + position)`` by hand (eps 1e-8, the learned affine), times
+    ``token != pad``: pad positions are zero vectors wherever they are, other ids (an unknown
+    word with its own id here) are not."""
+    head = make_head()
+    embedding = head.embedding
+    with torch.no_grad():
+        embedding.layer_norm.weight.uniform_(0.5, 1.5)
+        embedding.layer_norm.bias.uniform_(-0.5, 0.5)
+    tokens = torch.tensor([[2, PAD, 7, 1, PAD], [PAD, 5, 5, 3, 9]])
+    with torch.no_grad():
+        out = embedding(tokens, offset=1)
+        for row in range(2):
+            for t in range(5):
+                token = int(tokens[row, t])
+                x = (embedding.words.weight[token] + embedding.positions.weight[t + 1]).double()
+                normed = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-8)
+                expected = normed * embedding.layer_norm.weight.double()
+                expected = expected + embedding.layer_norm.bias.double()
+                if token == PAD:
+                    assert bool((out[row, t] == 0).all())
+                else:
+                    torch.testing.assert_close(out[row, t].double(), expected)

@@ -100,6 +100,10 @@ def test_paper_hyper_parameters(name: str) -> None:
     assert config.data.transform.crop_scale == (0.2, 1.0)
     classification = config.model.kind in ("token_classification", "multilabel_classification")
     assert o.no_decay == ([] if classification else ["norm", "bias"])
+    # The original's ResNet init, classification loss and masking procedure.
+    assert config.model.visual.zero_init_residual is True
+    assert config.model.classification_loss == "softmax"
+    assert config.data.masking.procedure == "original"
     if config.model.kind == "multilabel_classification":
         assert config.data.train_instances and config.data.val_instances
 

@@ -79,6 +79,7 @@ def test_prenorm_and_depth(tmp_path: Path, base: Path) -> None:
     path = child(tmp_path, 'MODEL:\n  TEXTUAL:\n    NAME: "transdec_prenorm::L4_H768_A12_F3072"\n')
     t = load_legacy_config(path).model.textual
     assert (t.layers, t.width, t.heads, t.ffn, t.norm_first) == (4, 768, 12, 3072, True)
+    assert t.final_norm is False  # the original pre-norm stack had no final LayerNorm
 
 
 @pytest.mark.parametrize(

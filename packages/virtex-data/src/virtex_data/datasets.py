@@ -22,10 +22,12 @@ tokens (``[EOS]`` is kept on truncation).
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import Image
@@ -75,23 +77,50 @@ class Sample:
     target: Tensor | None = None
 
 
+MaskingProcedure = Literal["original", "bernoulli"]
+RandomPool = Literal["words", "any"]
+
+
 @dataclass(kw_only=True)
 class MaskingConfig:
-    """Masked language modelling (BERT/VirTex).
+    """Masked language modelling: which caption tokens are chosen and what they become.
+
+    ``procedure="original"`` (default; the original VirTex's, used by the paper's configs):
+    exactly ``ceil(proportion * (n - 2))`` of the ``n - 2`` word positions are chosen without
+    replacement; each becomes ``[MASK]`` with probability ``mask``, a random token with
+    probability ``random``, else stays; only positions that became ``[MASK]`` are labelled
+    (predicted). When exactly one position is chosen it always becomes ``[MASK]``.
+
+    ``procedure="bernoulli"`` (BERT's): every word position is chosen with probability
+    ``proportion`` (at least one per caption); every chosen position is labelled, whether it
+    became ``[MASK]``, a random token or stayed.
 
     Attributes:
-        proportion: fraction of caption tokens chosen for prediction (at least one per caption).
+        procedure: ``original`` or ``bernoulli``.
+        proportion: fraction of caption words chosen for prediction.
         mask: probability that a chosen token becomes ``[MASK]``.
-        random: probability that it becomes a random non-special token.
+        random: probability that it becomes a random token.
         keep: probability that it stays unchanged. ``mask + random + keep == 1``.
+        random_pool: where random tokens come from: ``words`` (every id but the special tokens,
+            our default) or ``any`` (every vocabulary id, specials included, as the original).
     """
 
+    procedure: MaskingProcedure = "original"
     proportion: float = 0.15
     mask: float = 0.85
     random: float = 0.10
     keep: float = 0.05
+    random_pool: RandomPool = "words"
 
     def __post_init__(self) -> None:
+        if self.procedure not in ("original", "bernoulli"):
+            raise ValueError(
+                f"masking.procedure must be 'original' or 'bernoulli', got {self.procedure!r}"
+            )
+        if self.random_pool not in ("words", "any"):
+            raise ValueError(
+                f"masking.random_pool must be 'words' or 'any', got {self.random_pool!r}"
+            )
         if not 0 < self.proportion <= 1:
             raise ValueError(f"masking.proportion must be in (0, 1], got {self.proportion}")
         parts = (self.mask, self.random, self.keep)
@@ -119,31 +148,41 @@ def mask_tokens(
     replacement_ids: Tensor,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Choose tokens of one caption for masked LM and replace them.
+    """Choose tokens of one caption for masked LM and replace them (see :class:`MaskingConfig`).
 
     Args:
         tokens: ``(n,)`` int64 ``[SOS] ... [EOS]``; only positions ``1..n-2`` can be chosen.
-        config: proportions.
+        config: procedure and proportions.
         mask_id: id of ``[MASK]``.
-        replacement_ids: ``(K,)`` ids that random replacements are drawn from (non-special).
+        replacement_ids: ``(K,)`` ids that random replacements are drawn from.
         generator: optional torch generator.
 
     Returns:
-        ``(inputs (n,), labels (n,))``: labels hold the original id at chosen positions and
+        ``(inputs (n,), labels (n,))``: labels hold the original id at labelled positions and
         :data:`IGNORE_INDEX` elsewhere.
     """
     inputs = tokens.clone()
     labels = torch.full_like(tokens, IGNORE_INDEX)
-    candidates = torch.arange(1, len(tokens) - 1)
-    if len(candidates) == 0:
+    words = len(tokens) - 2
+    if words <= 0:
         return inputs, labels
-    chosen = candidates[torch.rand(len(candidates), generator=generator) < config.proportion]
-    if len(chosen) == 0:
-        chosen = candidates[torch.randint(len(candidates), (1,), generator=generator)]
-    labels[chosen] = tokens[chosen]
+    if config.procedure == "original":
+        # Same arithmetic as the original, so that the count matches it for every length.
+        count = math.ceil(words * config.proportion)
+        chosen = torch.randperm(words, generator=generator)[:count] + 1
+    else:
+        candidates = torch.arange(1, words + 1)
+        chosen = candidates[torch.rand(words, generator=generator) < config.proportion]
+        if len(chosen) == 0:
+            chosen = candidates[torch.randint(words, (1,), generator=generator)]
     action = torch.rand(len(chosen), generator=generator)
-    to_mask = chosen[action < config.mask]
-    to_random = chosen[(action >= config.mask) & (action < config.mask + config.random)]
+    masking = action < config.mask
+    randomising = ~masking & (action < config.mask + config.random)
+    if config.procedure == "original" and len(chosen) == 1:
+        masking, randomising = torch.ones_like(masking), torch.zeros_like(randomising)
+    to_mask, to_random = chosen[masking], chosen[randomising]
+    labelled = to_mask if config.procedure == "original" else chosen
+    labels[labelled] = tokens[labelled]
     inputs[to_mask] = mask_id
     if len(to_random):
         picks = torch.randint(len(replacement_ids), (len(to_random),), generator=generator)
@@ -236,9 +275,12 @@ class MaskedLMDataset(CaptioningDataset):
         super().__init__(reader, tokenizer, transform, max_caption_length, random_caption)
         self.masking = masking or MaskingConfig()
         special_ids = set(self.special.as_dict().values())
-        self._replacements = torch.tensor(
-            [i for i in range(tokenizer.vocab_size) if i not in special_ids], dtype=torch.long
-        )
+        if self.masking.random_pool == "any":
+            self._replacements = torch.arange(tokenizer.vocab_size, dtype=torch.long)
+        else:
+            self._replacements = torch.tensor(
+                [i for i in range(tokenizer.vocab_size) if i not in special_ids], dtype=torch.long
+            )
 
     def __getitem__(self, index: int) -> Sample:
         image_id, image, tokens = self._image_and_tokens(index)

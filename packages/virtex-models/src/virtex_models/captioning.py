@@ -155,18 +155,21 @@ class Captioning(nn.Module):
 
         Args:
             images: normalised images.
-            mode: ``beam``, ``greedy``, ``nucleus`` or ``legacy`` (see :mod:`.decoding`).
+            mode: ``beam``, ``greedy``, ``nucleus``, ``legacy`` or ``legacy_nucleus`` (see
+                :mod:`.decoding`).
             beam_size: beams per image (``beam``, ``legacy``).
             max_steps: most tokens.
             min_length: no ``[EOS]`` before this many tokens (not ``legacy``).
             length_penalty: final-ranking exponent for ``beam``.
-            nucleus: top-p for ``nucleus``.
+            nucleus: top-p for ``nucleus`` and ``legacy_nucleus``.
             temperature: for ``nucleus``.
-            generator: random source for ``nucleus``.
+            generator: random source for ``nucleus`` and ``legacy_nucleus``.
         """
         config = self.decoder
         if mode is None:
-            mode = "nucleus" if nucleus is not None else config.mode
+            mode = config.mode
+            if nucleus is not None and mode != "legacy_nucleus":
+                mode = "nucleus"
         settings = DecoderConfig(
             mode=mode,  # type: ignore[arg-type]
             beam_size=config.beam_size if beam_size is None else beam_size,
@@ -176,7 +179,7 @@ class Captioning(nn.Module):
             top_p=config.top_p if nucleus is None else nucleus,
             temperature=config.temperature if temperature is None else temperature,
         )
-        if settings.mode not in ("beam", "greedy", "nucleus", "legacy"):
+        if settings.mode not in ("beam", "greedy", "nucleus", "legacy", "legacy_nucleus"):
             raise ValueError(f"unknown decoding mode {settings.mode!r}")
         grid = self.visual(images)
         vocab = self.vocab
@@ -188,6 +191,15 @@ class Captioning(nn.Module):
                 **special,
                 beam_size=settings.beam_size,
                 max_steps=settings.max_steps,
+            )
+        if settings.mode == "legacy_nucleus":
+            return decoding.legacy_nucleus(
+                self.textual,
+                self.textual.start(grid),
+                **special,
+                top_p=settings.top_p,
+                max_steps=settings.max_steps,
+                generator=generator,
             )
         special["pad"] = vocab.pad
         if settings.mode == "greedy" or (settings.mode == "beam" and settings.beam_size == 1):

@@ -19,7 +19,7 @@ from virtex_models.decoding import DecoderConfig
 from virtex_models.masked_lm import MaskedLM
 from virtex_models.multilabel import MultilabelClassification
 from virtex_models.textual import TextualConfig, TransformerTextualHead
-from virtex_models.token_classification import TokenClassification
+from virtex_models.token_classification import ClassificationLoss, TokenClassification
 from virtex_models.visual import VisualConfig
 from virtex_models.vocab import VocabSpec
 
@@ -39,12 +39,16 @@ class ModelConfig:
         visual: the backbone.
         textual: the Transformer head (ignored by the two classification kinds).
         decoder: default decoding of captioning objectives.
+        classification_loss: loss of the two classification kinds: ``softmax`` (the original
+            VirTex's, minus the mean log-softmax probability of each image's distinct labels)
+            or ``bce`` (per-class sigmoid binary cross-entropy, summed over classes).
     """
 
     kind: ObjectiveKind = "bicaptioning"
     visual: VisualConfig = field(default_factory=VisualConfig)
     textual: TextualConfig = field(default_factory=TextualConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    classification_loss: ClassificationLoss = "softmax"
 
     def to_dict(self) -> dict[str, Any]:
         """A plain JSON-able dict that :meth:`from_dict` turns back into an equal config."""
@@ -74,9 +78,11 @@ class ModelConfig:
         if self.kind == "multilabel_classification":
             if num_classes is None:
                 raise ValueError("ModelConfig.build: multilabel_classification needs num_classes")
-            return MultilabelClassification(visual, num_classes, channels)
+            return MultilabelClassification(
+                visual, num_classes, channels, loss=self.classification_loss
+            )
         if self.kind == "token_classification":
-            return TokenClassification(visual, vocab, channels)
+            return TokenClassification(visual, vocab, channels, loss=self.classification_loss)
         head = TransformerTextualHead(self.textual, vocab.size, channels, vocab.pad)
         if self.kind == "masked_lm":
             return MaskedLM(visual, head, vocab)

@@ -13,6 +13,8 @@ number of steps actually run (decoding stops early once every row has ended).
 - :func:`nucleus`: top-p sampling with temperature (seedable ``torch.Generator``).
 - :func:`legacy_beam_search`: the decoder of the original VirTex code, reproduced exactly (see its
   docstring); outputs are padded with ``[EOS]`` as the original's were.
+- :func:`legacy_nucleus`: the original's nucleus sampling (its rule that forbids repeating the
+  previous token included), the default of imported configs that ask for nucleus sampling.
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ __all__ = [
     "beam_search",
     "greedy",
     "legacy_beam_search",
+    "legacy_nucleus",
     "nucleus",
 ]
 
 #: Log-probability the original decoder gives to a beam's own previous token.
 LEGACY_REPEAT_LOGPROB = -10000.0
+#: Logit the original nucleus sampler gives to removed tokens and to the previous token.
+LEGACY_NUCLEUS_REMOVED = -1e12
 
 
 @dataclass(kw_only=True, slots=True)
@@ -42,18 +47,19 @@ class DecoderConfig:
     """Default decoding of a captioning objective (``generate`` arguments override it).
 
     Attributes:
-        mode: ``beam`` (default), ``greedy``, ``nucleus`` or ``legacy`` (the original VirTex
-            beam search, chosen for imported original checkpoints).
+        mode: ``beam`` (default), ``greedy``, ``nucleus``, ``legacy`` (the original VirTex
+            beam search, chosen for imported original checkpoints) or ``legacy_nucleus`` (the
+            original's nucleus sampling, for imported configs that sample).
         beam_size: hypotheses per image for ``beam`` / ``legacy``.
         max_steps: most tokens to generate.
         min_length: ``[EOS]`` is forbidden before this many tokens (not in ``legacy``).
         length_penalty: ``alpha`` >= 0; the final beam maximises ``score / length ** alpha``
             (0 = plain summed log-probability).
-        top_p: nucleus size for ``nucleus``.
+        top_p: nucleus size for ``nucleus`` and ``legacy_nucleus``.
         temperature: softmax temperature for ``nucleus``.
     """
 
-    mode: Literal["beam", "greedy", "nucleus", "legacy"] = "beam"
+    mode: Literal["beam", "greedy", "nucleus", "legacy", "legacy_nucleus"] = "beam"
     beam_size: int = 5
     max_steps: int = 30
     min_length: int = 0
@@ -328,3 +334,63 @@ def legacy_beam_search(
         state = state.select(parents)
     best = offsets[:, 0] + scores.argmax(dim=-1)
     return sequences.index_select(0, best)
+
+
+@torch.no_grad()
+def legacy_nucleus(
+    head: TextualHead,
+    state: DecodeState,
+    *,
+    sos: int,
+    eos: int,
+    top_p: float,
+    max_steps: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The nucleus sampling of the original VirTex code, for the captions it would sample.
+
+    At each step (the model reads ``[SOS]`` and every generated token): the logits are sorted,
+    a token is removed when the probability mass of the tokens before it exceeds ``top_p``
+    (the most likely one always stays), then the previous token (``[SOS]`` at the first step)
+    is removed too: removed tokens get logit -1e12. One token per row is drawn from the
+    softmax with ``torch.multinomial`` (no temperature). Rows that ended in ``[EOS]`` keep
+    getting ``[EOS]``; decoding stops when every row has. If the previous token was the whole
+    nucleus every logit is -1e12 and the draw is uniform over the vocabulary, as in the
+    original.
+
+    Args:
+        head: the textual head.
+        state: from ``head.start(visual, beams=1)``.
+        sos, eos: special ids.
+        top_p: nucleus size.
+        max_steps: most tokens.
+        generator: random source (``None``: the global one, as the original used).
+
+    Returns:
+        ``(B, T)`` int64, ``[EOS]`` after each row's ``[EOS]``.
+    """
+    _check_steps(head, max_steps, state)
+    rows = state.hypotheses
+    device = state.memory.device
+    last = torch.full((rows,), sos, dtype=torch.long, device=device)
+    arange_rows = torch.arange(rows, device=device)
+    outputs: list[Tensor] = []
+    for _ in range(max_steps):
+        if bool((last == eos).all()):
+            break
+        logits, state = head.step(state, last)
+        logits = logits.float()
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        before = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        remove_sorted = torch.zeros_like(before, dtype=torch.bool)
+        remove_sorted[:, 1:] = before[:, :-1] > top_p
+        remove = torch.zeros_like(remove_sorted).scatter(1, order, remove_sorted)
+        logits = logits.masked_fill(remove, LEGACY_NUCLEUS_REMOVED)
+        logits[arange_rows, last] = LEGACY_NUCLEUS_REMOVED
+        drawn = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)[:, 0]
+        token = torch.where(last == eos, torch.full_like(drawn, eos), drawn)
+        outputs.append(token)
+        last = token
+    if not outputs:  # pragma: no cover - max_steps >= 1 and [SOS] != [EOS]
+        return torch.empty(rows, 0, dtype=torch.long, device=device)
+    return torch.stack(outputs, dim=1)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["default_cache_dir", "fetch", "sha256_of"]
+__all__ = ["cache_name", "default_cache_dir", "fetch", "sha256_of"]
 
 _CHUNK = 1 << 20
 
@@ -29,6 +29,12 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def cache_name(url: str) -> str:
+    """The default cache file name of ``url``: a digest of the whole URL, then its file name."""
+    key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    return f"{key}-{Path(urllib.parse.urlparse(url).path).name or 'weights.pt'}"
 
 
 def _is_url(source: str) -> bool:
@@ -54,7 +60,9 @@ def fetch(
         source: a path, or an ``http(s)://`` / ``file://`` URL.
         sha256: expected hex digest (``None``: not checked).
         cache_dir: where downloads go (default :func:`default_cache_dir`).
-        filename: cache file name (default: the URL's last path component).
+        filename: cache file name (default: ``<16 hex digits of the URL's SHA-256>-<last path
+            component>``, so two URLs that end in the same file name, or differ only in their
+            query, never share a cache entry).
         progress: show a tqdm bar while downloading (when tqdm is installed).
 
     Raises:
@@ -71,7 +79,7 @@ def fetch(
         return path
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    name = filename or Path(urllib.parse.urlparse(text).path).name or "weights.pt"
+    name = filename or cache_name(text)
     destination = folder / name
     if destination.is_file():
         if sha256 is None or sha256_of(destination) == sha256.lower():

@@ -6,7 +6,8 @@ state dict (its ``"model"`` entry) to our parameter names. The original names ar
 - ``visual.cnn.<torchvision ResNet names>`` -> our ``visual.<same>``;
 - ``textual.*`` and ``backward_textual.*`` (``visual_projection``, ``embedding.words``,
   ``embedding.positions``, ``embedding.layer_norm``, ``transformer.layers.N.*`` in
-  ``nn.TransformerDecoderLayer`` naming, ``transformer.norm`` for pre-norm, ``output``) ->
+  ``nn.TransformerDecoderLayer`` naming, ``output``; no ``transformer.norm``: the original's
+  pre-norm stack had no final LayerNorm, so imported configs set ``final_norm=False``) ->
   unchanged: our head uses the same names. Shared tensors appear under every name that shares
   them (the loader accepts that).
 
@@ -77,6 +78,9 @@ ORIGINAL_DEFAULTS: dict[str, Any] = {
 
 _TEXTUAL_FIELDS = {"L": "layers", "H": "width", "A": "heads", "F": "ffn"}
 
+#: Key prefixes that only the original's June-2020 (v0.9) checkpoints have.
+_PRE_V1_PREFIXES = ("textual.encoder.", "backward_textual.encoder.", "visual_projection.")
+
 
 def parse_visual_name(name: str) -> VisualConfig:
     """``torchvision::resnet50`` -> ``VisualConfig(kind="torchvision", name="resnet50")``."""
@@ -106,8 +110,13 @@ def parse_textual_name(name: str, dropout: float, max_length: int) -> TextualCon
     absent = [letter for letter, field in _TEXTUAL_FIELDS.items() if field not in values]
     if absent:
         raise ValueError(f"MODEL.TEXTUAL.NAME {name!r}: missing field(s) {', '.join(absent)}")
+    # The original's pre-norm stack had no LayerNorm after its last layer.
     return TextualConfig(
-        norm_first=family == "transdec_prenorm", dropout=dropout, max_length=max_length, **values
+        norm_first=family == "transdec_prenorm",
+        final_norm=False,
+        dropout=dropout,
+        max_length=max_length,
+        **values,
     )
 
 
@@ -177,7 +186,7 @@ def spec_from_original_config(
         )
     elif decoder_cfg["NAME"] == "nucleus_sampling":
         decoder = DecoderConfig(
-            mode="nucleus", top_p=float(decoder_cfg["NUCLEUS_SIZE"]), max_steps=steps
+            mode="legacy_nucleus", top_p=float(decoder_cfg["NUCLEUS_SIZE"]), max_steps=steps
         )
     else:
         raise ValueError(f"{source}: MODEL.DECODER.NAME {decoder_cfg['NAME']!r} is not supported")
@@ -194,8 +203,16 @@ def convert_state_dict(
     """Original parameter names -> ours (``visual.cnn.`` -> ``visual.``; heads unchanged).
 
     Raises:
-        ValueError: a key outside ``visual.cnn.``, ``textual.`` and ``backward_textual.``.
+        ValueError: a key outside ``visual.cnn.``, ``textual.`` and ``backward_textual.``; a
+            checkpoint of the June-2020 (v0.9) zoo, named as such.
     """
+    old = sorted(k for k in state if k.startswith(_PRE_V1_PREFIXES))
+    if old:
+        raise ValueError(
+            f"{source}: a June-2020 (VirTex v0.9) checkpoint (key {old[0]!r}); its layout "
+            "(textual.encoder.*, a top-level visual_projection.*) predates the v1.x zoo and is "
+            "not supported: use the v1.x weights (virtex_models.zoo.MANIFEST)"
+        )
     converted: dict[str, Tensor] = {}
     for key, value in state.items():
         if key.startswith("visual.cnn."):

@@ -17,7 +17,11 @@ class MaskedLM(nn.Module):
     caption (no causal mask; padding keys are masked by ``lengths``).
 
     The loss is the cross-entropy over positions whose ``mlm_labels`` differ from
-    :data:`IGNORE_INDEX`, averaged over those positions.
+    :data:`IGNORE_INDEX`, averaged over those positions. With the original vocabulary layout
+    (pad = unk) a label equal to the pad id is ignored too, as the original's cross-entropy
+    (``ignore_index=padding_idx``) did for a masked ``[UNK]``. A batch without any label (the
+    original masking labels only ``[MASK]`` positions, so this can happen) gives a zero loss
+    that still back-propagates, where the original's would be NaN.
 
     Args:
         visual: the backbone.
@@ -40,7 +44,15 @@ class MaskedLM(nn.Module):
         ``(B, L, V)``."""
         grid = self.visual(batch.images)
         logits = self.textual(grid, batch.tokens, batch.lengths, causal=False)
-        loss = F.cross_entropy(
-            logits.float().flatten(0, 1), batch.mlm_labels.flatten(), ignore_index=IGNORE_INDEX
+        labels = batch.mlm_labels
+        if self.vocab.pad_is_unk:
+            labels = labels.masked_fill(labels == self.vocab.pad, IGNORE_INDEX)
+        counted = labels != IGNORE_INDEX
+        losses = F.cross_entropy(
+            logits.float().flatten(0, 1),
+            labels.flatten(),
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
         )
+        loss = losses.sum() / counted.sum().clamp(min=1)
         return ObjectiveOutput(loss=loss, components={"masked_lm": loss.detach()}, logits=logits)

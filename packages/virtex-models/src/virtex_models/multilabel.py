@@ -6,28 +6,43 @@ from torch import nn
 
 from virtex_models.protocols import MultilabelInputs, ObjectiveOutput
 from virtex_models.textual import LinearHead
-from virtex_models.token_classification import multilabel_loss
+from virtex_models.token_classification import ClassificationLoss, classification_loss
 
 __all__ = ["MultilabelClassification"]
 
 
 class MultilabelClassification(nn.Module):
-    """Multi-hot prediction over ``num_classes`` categories (80 for COCO) from the globally
-    pooled grid through one linear layer; loss: binary cross-entropy summed over categories,
-    averaged over the batch.
+    """Prediction of an image's categories (80 for COCO) from the globally pooled grid through
+    one linear layer.
+
+    Losses (see :mod:`.token_classification`): ``softmax`` (the original's: minus the mean
+    log-softmax probability of the image's categories) or ``bce`` (sigmoid binary
+    cross-entropy summed over categories). An original checkpoint has 81 outputs, output 0
+    being COCO's background, never a label: its targets are ``(B, 81)`` with column 0 zero,
+    and the background logit still takes part in the softmax as it did in the original.
 
     Args:
         visual: the backbone.
         num_classes: ``C``.
         visual_channels: ``C`` of the backbone grid.
+        loss: ``softmax`` (the original's) or ``bce``.
     """
 
-    def __init__(self, visual: nn.Module, num_classes: int, visual_channels: int) -> None:
+    def __init__(
+        self,
+        visual: nn.Module,
+        num_classes: int,
+        visual_channels: int,
+        loss: ClassificationLoss = "softmax",
+    ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
+        if loss not in ("softmax", "bce"):
+            raise ValueError(f"unknown classification loss {loss!r}: use 'softmax' or 'bce'")
         self.visual = visual
         self.num_classes = num_classes
+        self.loss = loss
         self.textual = LinearHead(visual_channels, num_classes)
 
     def forward(self, batch: MultilabelInputs) -> ObjectiveOutput:
@@ -36,5 +51,5 @@ class MultilabelClassification(nn.Module):
         targets = batch.multilabels
         if targets.shape != logits.shape:
             raise ValueError(f"multilabels {tuple(targets.shape)} != logits {tuple(logits.shape)}")
-        loss = multilabel_loss(logits, targets)
+        loss = classification_loss(self.loss, logits, targets)
         return ObjectiveOutput(loss=loss, components={"multilabel": loss.detach()}, logits=logits)

@@ -44,6 +44,9 @@ class TextualConfig:
         norm_first: pre-norm layers (``True``) or post-norm (``False``, the paper's default).
         dropout: dropout of embeddings, attention weights and residual branches.
         max_length: longest token sequence (size of the positional embedding).
+        final_norm: a LayerNorm after the last pre-norm layer (the GPT-2 form; ignored for
+            post-norm). The original VirTex's pre-norm head had none: its imported configs set
+            ``False``.
     """
 
     layers: int = 1
@@ -53,6 +56,7 @@ class TextualConfig:
     norm_first: bool = False
     dropout: float = 0.1
     max_length: int = 30
+    final_norm: bool = True
 
     def __post_init__(self) -> None:
         for name in ("layers", "width", "heads", "ffn", "max_length"):
@@ -69,7 +73,13 @@ class TextualConfig:
 
 
 class WordAndPositionEmbedding(nn.Module):
-    """Word + learned position embedding, then LayerNorm (eps 1e-8) and dropout.
+    """Word + learned position embedding, then LayerNorm (eps 1e-8) and dropout; positions
+    holding the pad id give zero vectors.
+
+    Zeroing after the LayerNorm is the original VirTex's rule: its padding rows would otherwise
+    become the normalised position embedding. With the original vocabulary (pad = unk = 0) it
+    also makes every ``[UNK]`` a zero vector, in captions and in generated text alike, which is
+    what original checkpoints were trained with.
 
     Args:
         vocab_size: ``V``.
@@ -87,6 +97,7 @@ class WordAndPositionEmbedding(nn.Module):
         self.positions = nn.Embedding(max_length, width)
         self.layer_norm = nn.LayerNorm(width, eps=EMBEDDING_NORM_EPS)
         self.dropout = nn.Dropout(dropout)
+        self.padding_idx = padding_idx
 
     def forward(self, tokens: Tensor, offset: int = 0) -> Tensor:
         """``tokens (N, L)`` at positions ``offset .. offset + L - 1`` -> ``(N, L, D)``."""
@@ -97,8 +108,9 @@ class WordAndPositionEmbedding(nn.Module):
                 f"({self.positions.num_embeddings} positions)"
             )
         positions = torch.arange(offset, offset + length, device=tokens.device)
-        embedded = self.words(tokens) + self.positions(positions)
-        return self.dropout(self.layer_norm(embedded))
+        embedded = self.dropout(self.layer_norm(self.words(tokens) + self.positions(positions)))
+        keep = tokens != self.padding_idx
+        return embedded * keep[..., None].to(embedded.dtype)
 
 
 class Attention(nn.Module):
@@ -239,7 +251,8 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderStack(nn.Module):
-    """``layers`` decoder layers, plus a final LayerNorm for pre-norm stacks."""
+    """``layers`` decoder layers, plus a final LayerNorm for pre-norm stacks with
+    ``final_norm``."""
 
     def __init__(self, config: TextualConfig) -> None:
         super().__init__()
@@ -247,7 +260,8 @@ class DecoderStack(nn.Module):
             DecoderLayer(config.width, config.heads, config.ffn, config.dropout, config.norm_first)
             for _ in range(config.layers)
         )
-        self.norm = nn.LayerNorm(config.width, eps=LAYER_NORM_EPS) if config.norm_first else None
+        final = config.norm_first and config.final_norm
+        self.norm = nn.LayerNorm(config.width, eps=LAYER_NORM_EPS) if final else None
 
 
 class TransformerTextualHead(nn.Module):

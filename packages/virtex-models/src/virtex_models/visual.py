@@ -30,17 +30,28 @@ class VisualConfig:
         frozen: stop gradients and keep BatchNorm in eval mode (feature extraction).
         channels_last: keep the weights and convert inputs to ``torch.channels_last``
             (faster convolutions on GPUs with tensor cores and on recent CPUs).
+        zero_init_residual: start each residual branch's last BatchNorm at zero, so that every
+            block begins as the identity (torchvision's ``zero_init_residual``). Every original
+            VirTex pretraining run built its ResNet this way, hence the default; it changes the
+            initial weights only, not the parameter count. timm ResNets do this already
+            (``zero_init_last``), so the flag applies to ``torchvision`` models.
     """
 
     kind: Literal["torchvision", "timm"] = "torchvision"
     name: str = "resnet50"
     frozen: bool = False
     channels_last: bool = False
+    zero_init_residual: bool = True
 
     def build(self) -> TorchvisionBackbone | TimmBackbone:
         if self.kind == "timm":
             return TimmBackbone(self.name, frozen=self.frozen, channels_last=self.channels_last)
-        return TorchvisionBackbone(self.name, frozen=self.frozen, channels_last=self.channels_last)
+        return TorchvisionBackbone(
+            self.name,
+            frozen=self.frozen,
+            channels_last=self.channels_last,
+            zero_init_residual=self.zero_init_residual,
+        )
 
 
 class _Backbone(nn.Module):
@@ -80,19 +91,24 @@ class TorchvisionBackbone(_Backbone):
         name: model name in ``torchvision.models`` (ResNet family: it must have ``layer4``).
         frozen: no gradients, BatchNorm statistics fixed (``train()`` keeps it in eval mode).
         channels_last: weights and inputs in ``torch.channels_last`` memory format.
+        zero_init_residual: zero the last BatchNorm weight of every residual branch.
     """
 
     stride = 32
 
     def __init__(
-        self, name: str = "resnet50", frozen: bool = False, channels_last: bool = False
+        self,
+        name: str = "resnet50",
+        frozen: bool = False,
+        channels_last: bool = False,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         try:
             builder = getattr(torchvision.models, name)
         except AttributeError:
             raise ValueError(f"torchvision.models has no model named {name!r}") from None
-        cnn = builder(weights=None)
+        cnn = builder(weights=None, zero_init_residual=zero_init_residual)
         if not hasattr(cnn, "layer4") or not hasattr(cnn, "fc"):
             raise ValueError(f"{name!r} is not a ResNet-family model (it has no layer4/fc)")
         self.name = name

@@ -1,12 +1,18 @@
 """The original VirTex model zoo: published checkpoints, downloaded, verified and converted.
 
+The 16 entries are those of the original's v1.x zoo (``virtex/model_zoo/model_zoo.py`` at
+v1.4): the checkpoints of the CVPR 2021 paper, on Dropbox at
+``https://www.dropbox.com/s/<id>/<config stem>.pth?dl=1``. (The June-2020 v0.9 files on
+umich.box.com, which the original superseded, have another layout; they are not listed and
+:func:`~virtex_models.legacy.convert_state_dict` refuses them with a message saying so.)
+
 Each :class:`ZooEntry` names the original config file, the checkpoint URL and the facts of that
 config that matter for the architecture (``MODEL.NAME``, visual and textual names); our
 :class:`~virtex_models.config.ModelConfig` is derived from them by the legacy importer. The
 original configs use the default vocabulary (10000 ids, pad = unk = 0, sos 1, eos 2, mask 3),
-captions of at most 30 tokens and beam search with 5 beams. SHA-256 digests of the published
-files were not recorded when this manifest was written (``sha256=None``: not checked); pass
-``sha256=`` to :func:`load` or fill them in once verified.
+captions of at most 30 tokens and beam search with 5 beams. The original publishes no SHA-256
+digests, so every entry has ``sha256=None`` (not checked); pass ``sha256=`` to :func:`load` to
+pin a file you have verified.
 
 Usage::
 
@@ -20,7 +26,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from torch import nn
 
@@ -71,131 +76,56 @@ class ZooEntry:
         return spec_from_original_config(config, source=f"zoo entry {self.name}")
 
 
-_BOX = "https://umich.box.com/shared/static/"
-_H1024 = _BOX + "s2o3tvujcx2djoz1ouvuea27hrys1fbm.pth"
-_H2048 = _BOX + "fm1nq819q74vr0kqcd3gkivlzf06xvko.pth"
-
-
-def _captioning(group: str, stem: str, url: str, visual: str, textual: str) -> ZooEntry:
-    name = f"{group}/{stem}"
-    model_name = "virtex" if stem.startswith("bicaptioning") else "captioning"
-    return ZooEntry(name, f"{name}.yaml", url, model_name, visual, textual)
-
+#: Where the original (v1.x, the CVPR 2021 paper's checkpoints) published its weights.
+URL_FORM = "https://www.dropbox.com/s/{dropbox_id}/{stem}.pth?dl=1"
 
 _R50 = "torchvision::resnet50"
-_POST = "transdec_postnorm::"
+_H2048 = "transdec_postnorm::L1_H2048_A32_F8192"
+_H1024 = "transdec_postnorm::L1_H1024_A16_F4096"
 
-#: The original's published checkpoints (its model zoo: task, width, depth, backbone ablations).
-MANIFEST: dict[str, ZooEntry] = {
-    entry.name: entry
-    for entry in (
-        _captioning(
-            "task_ablations",
-            "bicaptioning_R_50_L1_H2048",
-            _H2048,
-            _R50,
-            _POST + "L1_H2048_A32_F8192",
-        ),
-        _captioning(
-            "task_ablations",
-            "captioning_R_50_L1_H2048",
-            _BOX + "7fopt8k2eutz9qvth2hh6j00o7z4o7ps.pth",
-            _R50,
-            _POST + "L1_H2048_A32_F8192",
-        ),
-        ZooEntry(
-            "task_ablations/token_classification_R_50",
-            "task_ablations/token_classification_R_50.yaml",
-            _BOX + "qwvfnji51g4gvba7i5mrw2ph5z8yfty9.pth",
-            "token_classification",
-            _R50,
-        ),
-        ZooEntry(
-            "task_ablations/multilabel_classification_R_50",
-            "task_ablations/multilabel_classification_R_50.yaml",
-            _BOX + "tk1hlcue9c3268bds3h036ckk7a9btlr.pth",
-            "multilabel_classification",
-            _R50,
-        ),
-        _captioning(
-            "width_ablations",
-            "bicaptioning_R_50_L1_H512",
-            _BOX + "qostt3be0pgnd0xf55vdte3wa49x6k99.pth",
-            _R50,
-            _POST + "L1_H512_A8_F2048",
-        ),
-        _captioning(
-            "width_ablations",
-            "bicaptioning_R_50_L1_H768",
-            _BOX + "v0p80tya0wjgsj0liqyvt386903xbwxc.pth",
-            _R50,
-            _POST + "L1_H768_A12_F3072",
-        ),
-        _captioning(
-            "width_ablations",
-            "bicaptioning_R_50_L1_H1024",
-            _H1024,
-            _R50,
-            _POST + "L1_H1024_A16_F4096",
-        ),
-        _captioning(
-            "width_ablations",
-            "bicaptioning_R_50_L1_H2048",
-            _H2048,
-            _R50,
-            _POST + "L1_H2048_A32_F8192",
-        ),
-        _captioning(
-            "depth_ablations",
-            "bicaptioning_R_50_L1_H1024",
-            _H1024,
-            _R50,
-            _POST + "L1_H1024_A16_F4096",
-        ),
-        _captioning(
-            "depth_ablations",
-            "bicaptioning_R_50_L2_H1024",
-            _BOX + "5enura2ao2b0iyigcuikfsdd0osun0it.pth",
-            _R50,
-            _POST + "L2_H1024_A16_F4096",
-        ),
-        _captioning(
-            "depth_ablations",
-            "bicaptioning_R_50_L3_H1024",
-            _BOX + "xit11ev6h3q7h8wth5qokewxcn6yot2n.pth",
-            _R50,
-            _POST + "L3_H1024_A16_F4096",
-        ),
-        _captioning(
-            "depth_ablations",
-            "bicaptioning_R_50_L4_H1024",
-            _BOX + "secpwhjx9oq59mkzsztjaews6n3680bj.pth",
-            _R50,
-            _POST + "L4_H1024_A16_F4096",
-        ),
-        _captioning(
-            "backbone_ablations",
-            "bicaptioning_R_50_L1_H1024",
-            _H1024,
-            _R50,
-            _POST + "L1_H1024_A16_F4096",
-        ),
-        _captioning(
-            "backbone_ablations",
-            "bicaptioning_R_50W2X_L1_H1024",
-            _BOX + "0rlu15xq796tz3ebvz7lf5dbpti421le.pth",
-            "torchvision::wide_resnet50_2",
-            _POST + "L1_H1024_A16_F4096",
-        ),
-        _captioning(
-            "backbone_ablations",
-            "bicaptioning_R_101_L1_H1024",
-            _BOX + "i3p45pr78jdz74r29qkj23v8kzb6gcsq.pth",
-            "torchvision::resnet101",
-            _POST + "L1_H1024_A16_F4096",
-        ),
-    )
-}
+#: ``(config path without .yaml, Dropbox id, MODEL.NAME, visual, textual)`` of every entry of
+#: the original's ``virtex/model_zoo/model_zoo.py`` (v1.4). Three names share one file (the
+#: R-50 L1 H1024 model is in the width, depth and backbone ablations) and two another.
+_PUBLISHED: tuple[tuple[str, str, str, str, str], ...] = (
+    ("task_ablations/bicaptioning_R_50_L1_H2048", "mbeeso8wyieq8wy", "virtex", _R50, _H2048),
+    ("task_ablations/captioning_R_50_L1_H2048", "r6zen9k43m5oo58", "captioning", _R50, _H2048),
+    ("task_ablations/token_classification_R_50", "o4p9lki505r0mef", "token_classification",
+     _R50, "none"),
+    ("task_ablations/multilabel_classification_R_50", "hbspp3jv3u8h3bc",
+     "multilabel_classification", _R50, "none"),
+    ("task_ablations/masked_lm_R_50_L1_H2048", "ldzrk6vem4mg6bl", "masked_lm", _R50, _H2048),
+    ("width_ablations/bicaptioning_R_50_L1_H512", "o9fr69jjqfn8a65", "virtex", _R50,
+     "transdec_postnorm::L1_H512_A8_F2048"),
+    ("width_ablations/bicaptioning_R_50_L1_H768", "1zxglqrrbfufv9d", "virtex", _R50,
+     "transdec_postnorm::L1_H768_A12_F3072"),
+    ("width_ablations/bicaptioning_R_50_L1_H1024", "pdat4tvhnqxel64", "virtex", _R50, _H1024),
+    ("width_ablations/bicaptioning_R_50_L1_H2048", "mbeeso8wyieq8wy", "virtex", _R50, _H2048),
+    ("depth_ablations/bicaptioning_R_50_L1_H1024", "pdat4tvhnqxel64", "virtex", _R50, _H1024),
+    ("depth_ablations/bicaptioning_R_50_L2_H1024", "ft1vtt4okirzjgo", "virtex", _R50,
+     "transdec_postnorm::L2_H1024_A16_F4096"),
+    ("depth_ablations/bicaptioning_R_50_L3_H1024", "5ldo1rcsnrshmjr", "virtex", _R50,
+     "transdec_postnorm::L3_H1024_A16_F4096"),
+    ("depth_ablations/bicaptioning_R_50_L4_H1024", "zgiit2wcluuq3xh", "virtex", _R50,
+     "transdec_postnorm::L4_H1024_A16_F4096"),
+    ("backbone_ablations/bicaptioning_R_50_L1_H1024", "pdat4tvhnqxel64", "virtex", _R50,
+     _H1024),
+    ("backbone_ablations/bicaptioning_R_50W2X_L1_H1024", "5o198ux709r6376", "virtex",
+     "torchvision::wide_resnet50_2", _H1024),
+    ("backbone_ablations/bicaptioning_R_101_L1_H1024", "bb74jubt68cpn80", "virtex",
+     "torchvision::resnet101", _H1024),
+)  # fmt: skip
+
+
+def _entry(name: str, dropbox_id: str, model_name: str, visual: str, textual: str) -> ZooEntry:
+    stem = name.rsplit("/", 1)[-1]
+    url = URL_FORM.format(dropbox_id=dropbox_id, stem=stem)
+    # The original publishes no digests: sha256 stays None (not checked) for every entry.
+    return ZooEntry(name, f"{name}.yaml", url, model_name, visual, textual, sha256=None)
+
+
+#: The original's published checkpoints (its v1.x model zoo: task, width, depth and backbone
+#: ablations), named as the original names them (config path without ``.yaml``).
+MANIFEST: dict[str, ZooEntry] = {row[0]: _entry(*row) for row in _PUBLISHED}
 
 
 def load(
@@ -220,6 +150,6 @@ def load(
     if name not in entries:
         raise KeyError(f"no zoo entry {name!r}; known: {', '.join(sorted(entries))}")
     entry = entries[name]
-    filename = name.replace("/", "__") + Path(entry.url).suffix
-    path = fetch(entry.url, sha256=sha256 or entry.sha256, cache_dir=cache_dir, filename=filename)
+    # Cached under a digest of the whole URL: names sharing a file share its download.
+    path = fetch(entry.url, sha256=sha256 or entry.sha256, cache_dir=cache_dir)
     return load_original_weights(path, entry.spec())

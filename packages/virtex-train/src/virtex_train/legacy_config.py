@@ -254,6 +254,9 @@ def experiment_from_legacy(config: Mapping[str, Any], source: str = "config") ->
                 "dropout": parsed.dropout,
                 "max_length": parsed.max_length,
             }
+            if parsed.norm_first:
+                # The original's pre-norm stack had no final LayerNorm (post-norm has none).
+                textual["final_norm"] = False
     except ValueError as error:
         raise ConfigError(f"{source}: {error}") from None
 
