@@ -193,7 +193,7 @@ def read_pickled_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
     source = Path(path)
     try:
         with source.open("rb") as handle:
-            data = _WeightsUnpickler(handle, source).load()  # type: ignore[arg-type]
+            data = _WeightsUnpickler(handle, source).load()
     except FileNotFoundError:
         raise FileNotFoundError(f"weights file {source} does not exist") from None
     except UnsafeFileError:
