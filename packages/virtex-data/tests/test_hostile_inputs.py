@@ -413,6 +413,10 @@ def test_transforms_and_feature_datasets_see_the_photo_upright(tmp_path: Path) -
     folder = ImageFolderDataset(tmp_path / "root", lambda image: torch.from_numpy(
         np.asarray(image).copy()))  # fmt: skip
     assert_upright(folder[0][0].numpy())
+    # ... and given to the evaluation transform (feature extraction), not turned a second time.
+    probe = EvalTransform(TransformConfig(image_size=16, eval_resize=16, **plain))
+    assert_upright_tensor(ImageFolderDataset(tmp_path / "root", probe.image)[0][0])
+    assert_upright_tensor(probe.image(decode_rgb(rotated_jpeg())))
 
 
 def assert_upright_tensor(tensor: torch.Tensor) -> None:

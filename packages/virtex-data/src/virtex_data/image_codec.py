@@ -163,9 +163,19 @@ def upright_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
 
 
 def apply_orientation(image: Image.Image, orientation: int) -> Image.Image:
-    """The image turned upright for an EXIF ``orientation`` (the image itself for 1)."""
+    """The image turned upright for an EXIF ``orientation`` (the image itself for 1).
+
+    The turned image carries no orientation any more: ``transpose`` copies ``info``, and a
+    reader given the result (e.g. an evaluation transform given a decoded image) would otherwise
+    turn it a second time. Pillow also reads the orientation from XMP, so that goes too.
+    """
     method = _UPRIGHT.get(orientation)
-    return image if method is None else image.transpose(method)
+    if method is None:
+        return image
+    turned = image.transpose(method)
+    for key in ("exif", "xmp", "XML:com.adobe.xmp"):
+        turned.info.pop(key, None)
+    return turned
 
 
 def _open(data: bytes, max_pixels: int | None) -> Image.Image:
