@@ -265,13 +265,22 @@ def test_cli_coco_limit_and_missing_image(tmp_path: Path) -> None:
     result = runner.invoke(caption_command, [*args, "--images", str(images / "nope")])
     assert result.exit_code == 1 and "nope: no such image folder" in result.output
     (images / "blue.png").unlink()
-    result = runner.invoke(caption_command, [*args, "--images", str(images)])
+    strict = [*args, "--images", str(images), "--strict"]
+    result = runner.invoke(caption_command, strict)
     assert result.exit_code == 1
     assert "blue.png: image listed in" in result.output and "is missing" in result.output
     (images / "blue.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    result = runner.invoke(caption_command, [*args, "--images", str(images)])
+    result = runner.invoke(caption_command, strict)
     assert result.exit_code == 1
     assert "blue.png" in result.output and "corrupt" in result.output
+    # By default the unreadable image is skipped and listed; the others are scored.
+    metrics = tmp_path / "m.json"
+    result = runner.invoke(caption_command, [*args, "--images", str(images), "--metrics", metrics])
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 of 3 image(s) that could not be read:" in result.output
+    assert "blue.png: not a recognised image" in result.output
+    record = json.loads(metrics.read_text())
+    assert record["num_images"] == 2 and record["skipped"][0]["file"].endswith("blue.png")
 
 
 def test_cli_refuses_bad_combinations_and_other_objectives(tmp_path: Path) -> None:
@@ -368,9 +377,28 @@ def test_bad_image_is_named_from_a_dataloader_worker(tmp_path: Path) -> None:
     folder = tmp_path / "photos"
     h.write_images(folder)
     (folder / "zz_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    result = CliRunner().invoke(
-        caption_command,
-        ["--checkpoint", str(tmp_path / "model.pt"), str(folder), "--workers", "1"],
-    )
+    args = ["--checkpoint", str(tmp_path / "model.pt"), str(folder), "--workers", "1"]
+    result = CliRunner().invoke(caption_command, [*args, "--strict"])
     assert result.exit_code == 1
     assert "zz_broken.jpg" in result.output and "Traceback" not in result.output
+
+
+def test_caption_skips_unreadable_images_lists_them_and_captions_the_rest(tmp_path: Path) -> None:
+    """Issue 16: one corrupt image in a folder no longer stops the command."""
+    data, _ = h.trained()
+    torch.save(data, tmp_path / "model.pt")
+    folder = tmp_path / "photos"
+    good = h.write_images(folder)
+    (folder / "b_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    output = tmp_path / "captions.json"
+    for workers in ("0", "1"):  # the reasons come back from DataLoader workers too
+        args = ["--checkpoint", str(tmp_path / "model.pt"), str(folder), "--output", str(output)]
+        result = CliRunner().invoke(caption_command, [*args, "--workers", workers])
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert any("skipped 1 of" in line for line in lines)
+        assert any(line.strip().startswith(str(folder / "b_broken.jpg")) for line in lines)
+        records = {r["file"]: r["caption"] for r in json.loads(output.read_text())}
+        # The trained model's captions of the readable images (as without the broken one).
+        assert records == {str(folder / n): caption for n, (_, caption) in h.SCENES.items()}
+        assert len(good) == len(records)

@@ -148,6 +148,12 @@ def synth(
     help="Tokenizer JSON whose hash the manifest records.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option(
+    "--max-pixels",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Skip images with more pixels (default: $VIRTEX_MAX_IMAGE_PIXELS, else 89478485).",
+)
 def build_lmdb_command(
     captions: str,
     images: str,
@@ -157,12 +163,15 @@ def build_lmdb_command(
     strict: bool,
     tokenizer: str | None,
     overwrite: bool,
+    max_pixels: int | None,
 ) -> None:
     """Convert a caption file and its images into one LMDB file.
 
-    Bad inputs (missing, corrupt or truncated images, images without captions) are skipped and
-    listed in the manifest; --strict stops at the first. Grayscale, CMYK, RGBA and 16-bit images
-    are converted to RGB.
+    Bad inputs (missing, corrupt or truncated images, images above the pixel limit, paths that are
+    not regular files or leave --images, images without captions) are skipped and listed in the
+    manifest; captions that are empty or not strings are dropped and counted; --strict stops at
+    the first. Grayscale, CMYK, RGBA and 16-bit images are converted to RGB; EXIF-rotated images
+    are stored upright.
 
     \b
     Example:
@@ -184,6 +193,7 @@ def build_lmdb_command(
             strict=strict,
             tokenizer_sha256=sha,
             overwrite=overwrite,
+            max_pixels=max_pixels,
         )
     except (BuildError, FileExistsError, ValueError) as error:
         raise click.ClickException(str(error)) from error
@@ -194,6 +204,13 @@ def build_lmdb_command(
     )
     for entry in manifest.skipped[:20]:
         click.echo(f"  skipped image {entry['image_id']} ({entry['file']}): {entry['reason']}")
+    if len(manifest.skipped) > 20:
+        click.echo(f"  ... and {len(manifest.skipped) - 20} more (all in the manifest)")
+    not_strings = sum(d["count"] for d in manifest.dropped_captions if d["reason"] != "empty")
+    if not_strings:
+        click.echo(f"  dropped {not_strings} caption(s) that are not strings (e.g. null)")
+    if manifest.oriented:
+        click.echo(f"  turned {manifest.oriented} image(s) upright (EXIF orientation)")
     if manifest.unknown_image_ids:
         click.echo(f"  {len(manifest.unknown_image_ids)} caption(s) name unknown image ids")
 
@@ -221,7 +238,10 @@ def inspect_command(path: str, records: int) -> None:
         click.echo(f"  {key}: {value}")
     click.echo(f"  image_ids: {ids[:10]}{' ...' if len(ids) > 10 else ''}")
     for index in range(min(records, len(reader))):
-        record = reader[index]
+        try:
+            record = reader[index]
+        except LmdbFormatError as error:
+            raise click.ClickException(str(error)) from error
         click.echo(
             f"[{index}] id {record.image_id} {record.file_name} {record.format} "
             f"{record.width}x{record.height} {len(record.image)} bytes"

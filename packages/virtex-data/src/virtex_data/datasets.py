@@ -236,7 +236,8 @@ class CaptioningDataset(Dataset[Sample]):
             caption = record.captions[0]
         try:
             image, caption = self.transform(record.image, caption)
-        except OSError as error:
+        except (OSError, SyntaxError, ValueError, EOFError) as error:
+            # Undecodable or above the pixel limit (ImageTooLarge): named, never a bare PIL error.
             raise ValueError(
                 f"{self.reader.path}: record {index} (image {record.image_id}): {error}"
             ) from error

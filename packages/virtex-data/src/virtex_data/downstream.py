@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from virtex_data.datasets import coco_multilabels
-from virtex_data.image_codec import to_rgb
+from virtex_data.image_codec import decode_rgb, read_regular_file
 
 __all__ = [
     "VOC_CLASSES",
@@ -51,11 +51,11 @@ ImageTransform = Callable[[Image.Image], Tensor]
 
 
 def _load(path: Path, transform: ImageTransform) -> Tensor:
+    # A regular file, within the pixel limit, turned upright (see virtex_data.image_codec).
     try:
-        with Image.open(path) as image:
-            image.load()
-            rgb = to_rgb(image)
-    except (OSError, SyntaxError, ValueError) as error:
+        rgb = decode_rgb(read_regular_file(path))
+        rgb.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ValueError(f"cannot read image {path}: {error}") from error
     return transform(rgb)
 

@@ -3,11 +3,18 @@
 The environment is opened lazily, in the process that reads (each DataLoader worker opens its
 own after the fork), read-only and without the lock file (``lock=False``, valid because a
 finished file is never written again: the writer renames it into place only when complete).
+
+Before anything maps a file, :func:`check_lmdb_file` reads its two LMDB meta pages with plain
+reads and compares the file's size with the last page the newer one names: a truncated file
+(a copy cut short, a full disk) is reported by name instead of killing the process with SIGBUS
+when a read touches a page past the end of the file.
 """
 
 from __future__ import annotations
 
 import os
+import stat
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +26,7 @@ from virtex_data.lmdb_format import (
     FORMAT_VERSION,
     MANIFEST_KEY,
     ImageRecord,
+    LmdbFormatError,
     Manifest,
     decode_record,
     record_key,
@@ -26,7 +34,13 @@ from virtex_data.lmdb_format import (
 from virtex_data.lmdb_writer import PARTIAL_SUFFIX
 from virtex_data.normalize import NORMALIZATION_VERSION
 
-__all__ = ["DEFAULT_READAHEAD", "LmdbFormatError", "LmdbReader", "read_manifest"]
+__all__ = [
+    "DEFAULT_READAHEAD",
+    "LmdbFormatError",
+    "LmdbReader",
+    "check_lmdb_file",
+    "read_manifest",
+]
 
 #: Default for ``readahead``. Measured here (benchmarks/data_loading.py, ~160 KB records, random
 #: order, cold page cache): 2,885 records/s with readahead against 662/s without (files: 3,677/s);
@@ -35,8 +49,62 @@ __all__ = ["DEFAULT_READAHEAD", "LmdbFormatError", "LmdbReader", "read_manifest"
 DEFAULT_READAHEAD = True
 
 
-class LmdbFormatError(ValueError):
-    """An LMDB file this reader cannot use (message names the file and the problem)."""
+#: LMDB's meta page (lmdb.h / mdb.c, format version 1, 64-bit): a 16-byte page header, then
+#: magic, version, fixed address, map size, two 48-byte database records (the first one's
+#: ``md_pad`` holds the page size), the last used page number and the transaction id.
+_PAGE_HEADER = 16
+_META = struct.Struct("=IIQQ")
+_DB = struct.Struct("=IHHQQQQQ")
+_TAIL = struct.Struct("=QQ")
+_MAGIC = 0xBEEFC0DE
+_META_SIZE = _PAGE_HEADER + _META.size + 2 * _DB.size + _TAIL.size
+
+
+def _meta(raw: bytes, offset: int) -> tuple[int, int, int] | None:
+    """``(page size, last page, txn id)`` of the meta page at ``offset``; None if not one."""
+    if len(raw) < offset + _META_SIZE:
+        return None
+    magic, version, _, _ = _META.unpack_from(raw, offset + _PAGE_HEADER)
+    if magic != _MAGIC or version != 1:
+        return None
+    page_size = _DB.unpack_from(raw, offset + _PAGE_HEADER + _META.size)[0]
+    last_page, txn_id = _TAIL.unpack_from(raw, offset + _PAGE_HEADER + _META.size + 2 * _DB.size)
+    return page_size, last_page, txn_id
+
+
+def check_lmdb_file(path: str | os.PathLike[str]) -> None:
+    """Check that a file is a regular, complete LMDB file, without mapping it.
+
+    Raises:
+        LmdbFormatError: not a regular file, no LMDB meta page (not an LMDB file), or shorter
+            than the pages its newest meta page says it uses (truncated), naming the file and
+            both sizes.
+    """
+    source = Path(path)
+    fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise LmdbFormatError(f"{source}: not a regular file")
+        first = os.pread(fd, _META_SIZE, 0) if hasattr(os, "pread") else os.read(fd, _META_SIZE)
+        meta0 = _meta(first, 0)
+        if meta0 is None:
+            raise LmdbFormatError(f"{source}: not an LMDB file (no LMDB meta page at its start)")
+        page_size = meta0[0]
+        if page_size < 512 or page_size > 1 << 16 or page_size & (page_size - 1):
+            raise LmdbFormatError(f"{source}: corrupt LMDB header (page size {page_size})")
+        os.lseek(fd, page_size, os.SEEK_SET)
+        meta1 = _meta(os.read(fd, _META_SIZE), 0)
+    finally:
+        os.close(fd)
+    newest = max((m for m in (meta0, meta1) if m is not None), key=lambda m: m[2])
+    needed = (newest[1] + 1) * page_size
+    if info.st_size < needed:
+        raise LmdbFormatError(
+            f"{source}: truncated: {info.st_size:,} bytes, but its LMDB header says it uses "
+            f"{newest[1] + 1:,} pages of {page_size} bytes ({needed:,} bytes); copy or build it "
+            "again"
+        )
 
 
 #: One environment per (file, process): py-lmdb refuses to open a file twice in one process, and
@@ -78,6 +146,7 @@ def _open(path: Path, readahead: bool) -> lmdb.Environment:
         raise FileNotFoundError(f"LMDB file not found: {path}")
     if path.is_dir():
         raise LmdbFormatError(f"{path}: is a folder; virtex LMDB files are single files")
+    check_lmdb_file(path)
     try:
         return lmdb.open(
             str(path),
@@ -101,17 +170,20 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     """
     source = Path(path)
     key = (str(source.resolve()), os.getpid())
-    if key in _ENVIRONMENTS:
-        with _ENVIRONMENTS[key].begin() as txn:
-            data = txn.get(MANIFEST_KEY)
-    else:  # a short-lived handle: the reader opens its own, with its readahead, when it reads
-        _drop_inherited(key[0])
-        env = _open(source, readahead=False)
-        try:
-            with env.begin() as txn:
+    try:
+        if key in _ENVIRONMENTS:
+            with _ENVIRONMENTS[key].begin() as txn:
                 data = txn.get(MANIFEST_KEY)
-        finally:
-            env.close()
+        else:  # a short-lived handle: the reader opens its own, with its readahead, when it reads
+            _drop_inherited(key[0])
+            env = _open(source, readahead=False)
+            try:
+                with env.begin() as txn:
+                    data = txn.get(MANIFEST_KEY)
+            finally:
+                env.close()
+    except lmdb.Error as error:  # a corrupt page (MDB_CORRUPTED, MDB_PAGE_NOTFOUND, ...)
+        raise LmdbFormatError(f"{source}: corrupt LMDB file: {error}") from None
     if data is None:
         raise LmdbFormatError(
             f"{source}: no manifest record: the file is incomplete or still being written"
@@ -179,19 +251,22 @@ class LmdbReader:
         """The stored bytes of record ``index``."""
         if not 0 <= index < len(self):
             raise IndexError(f"{self.path}: record {index} out of range (0..{len(self) - 1})")
-        with self._environment().begin(buffers=False) as txn:
-            data = txn.get(record_key(index))
+        try:
+            with self._environment().begin(buffers=False) as txn:
+                data = txn.get(record_key(index))
+        except lmdb.Error as error:  # a corrupt page (MDB_CORRUPTED, MDB_PAGE_NOTFOUND, ...)
+            message = f"{self.path}: record {index}: corrupt LMDB file: {error}"
+            raise LmdbFormatError(message) from None
         if data is None:
             raise LmdbFormatError(f"{self.path}: record {index} is missing")
         return bytes(data)
 
     def __getitem__(self, index: int) -> ImageRecord:
+        data = self.raw(index)
         try:
-            return decode_record(self.raw(index))
-        except LmdbFormatError:
-            raise
-        except ValueError as error:
-            raise LmdbFormatError(f"{self.path}: record {index}: {error}") from error
+            return decode_record(data)
+        except LmdbFormatError as error:
+            raise LmdbFormatError(f"{self.path}: record {index}: {error}") from None
 
     def close(self) -> None:
         """Close this process's environment of the file (other readers of it reopen it)."""

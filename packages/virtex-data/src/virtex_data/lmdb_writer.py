@@ -4,6 +4,11 @@ Images are read, validated and (if needed) converted in worker processes; the pa
 records in input order. The file is built as ``OUT.partial`` and renamed to ``OUT`` only after
 the manifest (written last) is committed and synced, so a reader never sees half a file under the
 final name.
+
+Bad inputs are skipped and listed in the manifest (``skipped``: missing, unreadable, not a regular
+file, above the pixel limit, corrupt, a path outside the image folder, no usable caption) or
+counted (``dropped_captions``: empty captions and captions that are not strings); ``strict=True``
+stops at the first instead.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 import lmdb
 from tqdm import tqdm
 
-from virtex_data.image_codec import SkippedImage, prepare_image
+from virtex_data.image_codec import SkippedImage, max_image_pixels, prepare_image
 from virtex_data.lmdb_format import (
     MANIFEST_KEY,
     ImageRecord,
@@ -30,7 +35,13 @@ from virtex_data.lmdb_format import (
     record_key,
 )
 from virtex_data.normalize import NORMALIZATION_VERSION, normalize_caption
-from virtex_data.sources import CaptionSource, ImageCaptions, read_captions
+from virtex_data.sources import (
+    CaptionSource,
+    ImageCaptions,
+    OutsideImageFolder,
+    image_path,
+    read_captions,
+)
 
 __all__ = ["PARTIAL_SUFFIX", "BuildError", "build_lmdb"]
 
@@ -51,22 +62,35 @@ class _Outcome:
     dropped: int
     converted_from: str | None
     resized: bool
+    invalid: int = 0  # captions that were not strings
+    oriented: bool = False
 
 
-def _process(job: tuple[ImageCaptions, str, int | None]) -> _Outcome:
-    item, image_dir, max_side = job
+_Job = tuple[ImageCaptions, str, int | None, int]
+
+
+def _process(job: _Job) -> _Outcome:
+    item, image_dir, max_side, max_pixels = job
     captions = [normalize_caption(c) for c in item.captions]
     kept = [c for c in captions if c]
     dropped = len(captions) - len(kept)
+    invalid = item.invalid_captions
+
+    def skip(reason: str) -> _Outcome:
+        return _Outcome(
+            item.image_id, item.file_name, None, reason, dropped, None, False, invalid=invalid
+        )
+
     if not item.captions:
-        return _Outcome(item.image_id, item.file_name, None, "no captions", 0, None, False)
+        return skip("no captions" if not invalid else "no captions that are strings")
     if not kept:
-        reason = "only empty captions"
-        return _Outcome(item.image_id, item.file_name, None, reason, dropped, None, False)
+        return skip("only empty captions")
     try:
-        prepared = prepare_image(Path(image_dir) / item.file_name, max_side)
+        prepared = prepare_image(image_path(image_dir, item.file_name), max_side, max_pixels)
+    except OutsideImageFolder as error:
+        return skip(str(error))
     except SkippedImage as skipped:
-        return _Outcome(item.image_id, item.file_name, None, skipped.reason, dropped, None, False)
+        return skip(skipped.reason)
     record = ImageRecord(
         item.image_id,
         item.file_name,
@@ -84,12 +108,12 @@ def _process(job: tuple[ImageCaptions, str, int | None]) -> _Outcome:
         dropped,
         prepared.converted_from,
         prepared.resized,
+        invalid=invalid,
+        oriented=prepared.oriented,
     )
 
 
-def _outcomes(
-    jobs: list[tuple[ImageCaptions, str, int | None]], workers: int
-) -> Iterator[_Outcome]:
+def _outcomes(jobs: list[_Job], workers: int) -> Iterator[_Outcome]:
     if workers <= 1:
         yield from map(_process, jobs)
         return
@@ -101,8 +125,8 @@ def _outcomes(
 def _map_size(source: CaptionSource, image_dir: Path) -> int:
     total = 0
     for item in source.images:
-        with contextlib.suppress(OSError):
-            total += (image_dir / item.file_name).stat().st_size
+        with contextlib.suppress(OSError, OutsideImageFolder):
+            total += image_path(image_dir, item.file_name).stat().st_size
     # Re-encoding (PNG of a converted JPEG) can grow an image; LMDB's map is sparse, so a generous
     # upper bound costs nothing on disk.
     return max(64 << 20, 4 * total + 1024 * len(source.images) + (64 << 20))
@@ -118,6 +142,7 @@ def build_lmdb(
     tokenizer_sha256: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    max_pixels: int | None = None,
 ) -> Manifest:
     """Write one LMDB file from a caption file (COCO JSON, JSONL or CSV) and an image folder.
 
@@ -131,6 +156,9 @@ def build_lmdb(
         tokenizer_sha256: recorded in the manifest when given.
         overwrite: replace an existing ``output``.
         progress: show a tqdm bar.
+        max_pixels: images with more pixels are skipped (default
+            :func:`virtex_data.image_codec.max_image_pixels`: ``$VIRTEX_MAX_IMAGE_PIXELS`` or
+            Pillow's 89,478,485).
 
     Returns:
         The manifest that was written.
@@ -162,8 +190,9 @@ def build_lmdb(
     skipped: list[dict[str, Any]] = []
     dropped: list[dict[str, Any]] = []
     converted: Counter[str] = Counter()
-    resized = 0
-    jobs = [(item, str(image_dir), max_side) for item in source.images]
+    resized = oriented = 0
+    pixel_limit = max_image_pixels(max_pixels)
+    jobs = [(item, str(image_dir), max_side, pixel_limit) for item in source.images]
     try:
         txn = env.begin(write=True)
         bar = tqdm(
@@ -181,6 +210,19 @@ def build_lmdb(
                 if strict:
                     raise BuildError(
                         f"image {outcome.image_id} ({outcome.file_name}): empty caption"
+                    )
+            if outcome.invalid:
+                dropped.append(
+                    {
+                        "image_id": outcome.image_id,
+                        "count": outcome.invalid,
+                        "reason": "not a string",
+                    }
+                )
+                if strict:
+                    raise BuildError(
+                        f"image {outcome.image_id} ({outcome.file_name}): a caption that is "
+                        "not a string (null, number or list)"
                     )
             if outcome.record is None:
                 if strict:
@@ -200,6 +242,7 @@ def build_lmdb(
             if outcome.converted_from:
                 converted[outcome.converted_from] += 1
             resized += outcome.resized
+            oriented += outcome.oriented
             if len(image_ids) % _COMMIT_EVERY == 0:
                 txn.commit()
                 txn = env.begin(write=True)
@@ -213,6 +256,7 @@ def build_lmdb(
             unknown_image_ids=list(source.unknown_image_ids),
             converted=dict(converted),
             resized=resized,
+            oriented=oriented,
             sources=[str(Path(captions).resolve()), str(image_dir.resolve())],
             max_side=max_side,
             tokenizer_sha256=tokenizer_sha256,

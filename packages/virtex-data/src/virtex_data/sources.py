@@ -9,6 +9,11 @@
 
 For JSONL and CSV, rows with the same ``image`` are one image; ids are assigned in order of first
 appearance (starting at 0) unless an ``image_id`` column gives them.
+
+A caption that is not a string (``null``, a number, a list) is not a caption: it is left out and
+counted in :attr:`ImageCaptions.invalid_captions` (never stored as the text ``"none"``). Image
+paths are relative to the image folder; :func:`image_path` refuses absolute paths and ``..``
+escapes, so a caption file cannot make a reader embed files from elsewhere.
 """
 
 from __future__ import annotations
@@ -18,9 +23,16 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
-__all__ = ["CaptionSource", "ImageCaptions", "iter_captions", "read_captions"]
+__all__ = [
+    "CaptionSource",
+    "ImageCaptions",
+    "OutsideImageFolder",
+    "image_path",
+    "iter_captions",
+    "read_captions",
+]
 
 
 @dataclass
@@ -30,6 +42,15 @@ class ImageCaptions:
     image_id: int
     file_name: str
     captions: list[str] = field(default_factory=list)
+    #: Captions left out because they were not strings (``null``, numbers, lists).
+    invalid_captions: int = 0
+
+    def add(self, caption: object) -> None:
+        """Keep ``caption`` if it is a string, else count it in :attr:`invalid_captions`."""
+        if isinstance(caption, str):
+            self.captions.append(caption)
+        else:
+            self.invalid_captions += 1
 
 
 @dataclass
@@ -39,6 +60,36 @@ class CaptionSource:
     path: str
     images: list[ImageCaptions]
     unknown_image_ids: list[int] = field(default_factory=list)
+
+
+class OutsideImageFolder(ValueError):
+    """An image path from a caption file that is absolute or leaves the image folder."""
+
+
+def image_path(folder: str | os.PathLike[str], name: str) -> Path:
+    """``folder / name`` for a relative ``name`` that stays inside ``folder``.
+
+    The check is on the path's text (``a/../b.jpg`` is fine, ``../b.jpg`` and ``/etc/x`` are
+    not); symbolic links inside the folder are followed as usual (datasets are often assembled
+    with them).
+
+    Raises:
+        OutsideImageFolder: an absolute path, a drive, or one that climbs out with ``..``.
+    """
+    text = str(name)
+    pure = PurePath(text)
+    normal = os.path.normpath(text) if text else text
+    if (
+        not text
+        or pure.is_absolute()
+        or pure.drive
+        or text.startswith(("/", "\\"))
+        or normal == ".."
+        or normal.startswith(".." + os.sep)
+        or normal.startswith("../")
+    ):
+        raise OutsideImageFolder(f"image path {text[:200]!r} is not inside the image folder")
+    return Path(folder) / normal
 
 
 def _kind(path: Path) -> str:
@@ -75,7 +126,7 @@ def _read_coco(path: Path) -> CaptionSource:
         if image_id not in images:
             unknown.append(image_id)
             continue
-        images[image_id].captions.append(str(caption))
+        images[image_id].add(caption)
     return CaptionSource(str(path), list(images.values()), sorted(set(unknown)))
 
 
@@ -104,7 +155,7 @@ def _read_pairs(path: Path, kind: str) -> CaptionSource:
             given = row.get("image_id")
             image_id = int(given) if given not in (None, "") else len(images)
             images[name] = ImageCaptions(image_id, name)
-        images[name].captions.append(str(row["caption"] or ""))
+        images[name].add(row["caption"])
     return CaptionSource(str(path), list(images.values()))
 
 

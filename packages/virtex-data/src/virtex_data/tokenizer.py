@@ -17,6 +17,10 @@ File format (one JSON object, also embedded in checkpoints)::
      "special_strings": {"pad": "[PAD]", ...}, "tokenizer": {...the tokenizers JSON...}}
 
 A plain ``tokenizers`` JSON is accepted too: the special ids are then looked up by their strings.
+
+Loading (:meth:`CaptionTokenizer.from_json`, :meth:`CaptionTokenizer.from_file`) raises
+:class:`TokenizerError` (a ``ValueError``, one line) for anything that is not a usable tokenizer,
+whatever the input: property-based tests feed it arbitrary text and JSON.
 """
 
 from __future__ import annotations
@@ -34,10 +38,24 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from virtex_data.normalize import NORMALIZATION_VERSION, tokenizer_normalizer
 from virtex_data.special_tokens import SpecialTokens
 
-__all__ = ["TOKENIZER_FORMAT_VERSION", "CaptionTokenizer"]
+__all__ = ["TOKENIZER_FORMAT_VERSION", "CaptionTokenizer", "TokenizerError"]
 
 #: Version of the JSON wrapper written by :meth:`CaptionTokenizer.to_json`.
 TOKENIZER_FORMAT_VERSION = 1
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file or JSON text that cannot be used (the message says why, on one line)."""
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_rust_panic(error: BaseException) -> bool:
+    # pyo3 turns a Rust panic inside `tokenizers` into PanicException, a BaseException.
+    return type(error).__name__ == "PanicException"
 
 
 def _pipeline(model: models.Model) -> Tokenizer:
@@ -132,37 +150,79 @@ class CaptionTokenizer:
 
     @classmethod
     def from_json(cls, text: str) -> CaptionTokenizer:
-        """Load from :meth:`to_json` text or from a plain ``tokenizers`` JSON."""
+        """Load from :meth:`to_json` text or from a plain ``tokenizers`` JSON.
+
+        Raises:
+            TokenizerError: anything that is not a usable tokenizer (invalid JSON, a wrong
+                structure, a vocabulary without the special tokens, ...), on one line.
+        """
+        try:
+            return cls._from_json(text)
+        except TokenizerError:
+            raise
+        except RecursionError:
+            raise TokenizerError("not a usable tokenizer: JSON nested too deeply") from None
+        except Exception as error:  # tokenizers raises bare Exception on malformed JSON
+            raise TokenizerError(f"not a usable tokenizer: {_one_line(error)}") from error
+        except BaseException as error:
+            if not _is_rust_panic(error):
+                raise
+            raise TokenizerError(f"not a usable tokenizer: {_one_line(error)}") from None
+
+    @classmethod
+    def _from_json(cls, text: str) -> CaptionTokenizer:
+        if not isinstance(text, str):
+            raise TokenizerError(f"tokenizer JSON must be text, got {type(text).__name__}")
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise TokenizerError(f"a tokenizer is a JSON object, got {type(data).__name__}")
         if data.get("format") == "virtex-tokenizer":
             version = data.get("format_version")
             if version != TOKENIZER_FORMAT_VERSION:
-                raise ValueError(
-                    f"tokenizer format_version {version!r} is not supported "
+                raise TokenizerError(
+                    f"tokenizer format_version {str(version)[:20]!r} is not supported "
                     f"(this version reads {TOKENIZER_FORMAT_VERSION})"
                 )
+            special_ids, strings = data.get("special"), data.get("special_strings")
+            if not isinstance(data.get("tokenizer"), dict):
+                raise TokenizerError("virtex tokenizer JSON: 'tokenizer' must be an object")
+            if not isinstance(special_ids, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in special_ids.values()
+            ):
+                raise TokenizerError("virtex tokenizer JSON: 'special' must map names to ints")
+            if strings is not None and (
+                not isinstance(strings, dict)
+                or not all(isinstance(v, str) for v in strings.values())
+            ):
+                raise TokenizerError(
+                    "virtex tokenizer JSON: 'special_strings' must map names to strings"
+                )
+            version = data.get("normalization_version", NORMALIZATION_VERSION)
+            if not isinstance(version, int) or isinstance(version, bool):
+                raise TokenizerError("virtex tokenizer JSON: 'normalization_version' is not an int")
             inner = Tokenizer.from_str(json.dumps(data["tokenizer"]))
-            special = SpecialTokens(**{k: int(v) for k, v in data["special"].items()})
-            return cls(
-                inner,
-                special,
-                data.get("special_strings"),
-                int(data.get("normalization_version", NORMALIZATION_VERSION)),
-            )
+            special = SpecialTokens(**special_ids)
+            return cls(inner, special, strings, version)
         inner = Tokenizer.from_str(text)
         ids = {name: inner.token_to_id(token) for name, token in SpecialTokens().strings().items()}
         missing = [SpecialTokens().strings()[k] for k, v in ids.items() if v is None]
         if missing:
-            raise ValueError(f"plain tokenizers JSON lacks special tokens {missing}")
+            raise TokenizerError(f"plain tokenizers JSON lacks special tokens {missing}")
         return cls(inner, SpecialTokens(**{k: int(v) for k, v in ids.items() if v is not None}))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> CaptionTokenizer:
-        """Load a tokenizer file written by :meth:`save` (or a plain ``tokenizers`` JSON)."""
+        """Load a tokenizer file written by :meth:`save` (or a plain ``tokenizers`` JSON).
+
+        Raises:
+            TokenizerError: unreadable file or not a usable tokenizer, naming the file.
+        """
         try:
             return cls.from_json(Path(path).read_text(encoding="utf-8"))
-        except Exception as error:  # tokenizers raises bare Exception on malformed JSON
-            raise ValueError(f"cannot read tokenizer file {path}: {error}") from error
+        except TokenizerError as error:
+            raise TokenizerError(f"cannot read tokenizer file {path}: {error}") from error
+        except (OSError, UnicodeDecodeError) as error:
+            raise TokenizerError(f"cannot read tokenizer file {path}: {_one_line(error)}") from None
 
     @classmethod
     def wrap_legacy(

@@ -9,6 +9,10 @@ Decoding is part of the transform so it can pick the cheapest decode that covers
 crop box is sampled from the header's size first, then JPEGs are decoded with ``Image.draft`` at
 the smallest 1/2^k scale at which the crop still has at least ``image_size`` pixels per side.
 The result is the same crop at (nearly) the same quality, from far fewer pixels.
+
+Both transforms apply the EXIF orientation (the crop is sampled in upright coordinates; images
+from ``build-lmdb`` are stored upright already, files passed directly may not be) and refuse
+images above the pixel limit (:class:`virtex_data.image_codec.ImageTooLarge`) from the header.
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ from torch import Tensor
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from virtex_data.image_codec import open_image, to_rgb
+from virtex_data.image_codec import (
+    apply_orientation,
+    check_pixels,
+    exif_orientation,
+    open_image,
+    to_rgb,
+    upright_size,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -115,6 +126,16 @@ def _to_tensor(image: Image.Image, mean: tuple[float, ...], std: tuple[float, ..
     return F.normalize(tensor, list(mean), list(std))
 
 
+def _lazy(image: bytes | Image.Image) -> tuple[Image.Image, int]:
+    """The (lazily opened) image, checked against the pixel limit, and its EXIF orientation."""
+    if isinstance(image, bytes):
+        lazy = open_image(image)
+    else:
+        lazy = image
+        check_pixels(lazy)
+    return lazy, exif_orientation(lazy)
+
+
 def _draft_for(image: Image.Image, needed_scale: float) -> None:
     """Reduced-size JPEG decoding at the smallest scale >= ``needed_scale`` (in place)."""
     if image.format != "JPEG" or needed_scale >= 1:
@@ -169,12 +190,12 @@ class TrainTransform:
 
     def __call__(self, image: bytes | Image.Image, caption: str = "") -> tuple[Tensor, str]:
         size = self.config.image_size
-        lazy = open_image(image) if isinstance(image, bytes) else image
-        full_w, full_h = lazy.size
+        lazy, orientation = _lazy(image)
+        full_w, full_h = upright_size(lazy.size, orientation)
         top, left, h, w = self.crop_box(full_w, full_h)
         if self.config.reduced_decode:
-            _draft_for(lazy, size / min(h, w))
-        decoded = to_rgb(lazy)
+            _draft_for(lazy, size / min(h, w))  # the scale is the same along both axes
+        decoded = to_rgb(apply_orientation(lazy, orientation))
         sx, sy = decoded.width / full_w, decoded.height / full_h
         box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
         cropped = decoded.resize((size, size), Image.Resampling.BILINEAR, box=box)
@@ -197,11 +218,11 @@ class EvalTransform:
 
     def image(self, image: bytes | Image.Image) -> Tensor:
         """``(3, S, S)`` float32 tensor of one image."""
-        lazy = open_image(image) if isinstance(image, bytes) else image
+        lazy, orientation = _lazy(image)
         side = self.config.resize_side
         if self.config.reduced_decode:
             _draft_for(lazy, side / min(lazy.size))
-        decoded = to_rgb(lazy)
+        decoded = to_rgb(apply_orientation(lazy, orientation))
         resized = F.resize(decoded, [side], interpolation=v2.InterpolationMode.BILINEAR)
         cropped = F.center_crop(resized, [self.config.image_size])
         return _to_tensor(cropped, self.config.mean, self.config.std)

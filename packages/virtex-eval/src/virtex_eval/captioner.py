@@ -10,7 +10,9 @@ Images are preprocessed like the training run's validation images
 
 ``virtex-eval caption`` (:data:`caption_command`) captions files and folders, or the images of a
 COCO captions file, whose COCO results JSON it writes and scores with
-:func:`virtex_eval.metrics.caption_scores`.
+:func:`virtex_eval.metrics.caption_scores`. Unreadable images (missing, corrupt, truncated, not a
+regular file, above the pixel limit, outside ``--images``) are skipped, counted and listed, and the
+rest is captioned (and scored); ``--strict`` fails on the first instead, naming it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +32,23 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from virtex_data.sources import OutsideImageFolder, image_path
 from virtex_data.tokenizer import CaptionTokenizer
 from virtex_data.transforms import EvalTransform
-from virtex_eval.images import ImageFileDataset, ImageFileError, eval_transform, find_images
+from virtex_eval.images import (
+    ImageFileDataset,
+    ImageFileError,
+    LenientImageFileDataset,
+    eval_transform,
+    find_images,
+)
 from virtex_eval.spice import SpiceUnavailable
 from virtex_models.captioning import Captioning
 from virtex_models.pretrained import ModelSpec, load_objective
 
 __all__ = [
     "CAPTIONING_KINDS",
+    "CaptionedFiles",
     "Captioner",
     "DecodeSettings",
     "caption_command",
@@ -110,6 +120,19 @@ def check_tokenizer(tokenizer: CaptionTokenizer, spec: ModelSpec, source: str) -
             f"{source}: special token ids differ between the tokenizer {ours} and the model "
             f"{theirs}"
         )
+
+
+@dataclass
+class CaptionedFiles:
+    """Captions of the usable files and the files that could not be used.
+
+    Attributes:
+        captions: caption by position in the input list (usable files only).
+        unreadable: ``(path, reason)`` of every file skipped, in input order.
+    """
+
+    captions: dict[int, str] = field(default_factory=dict)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -243,6 +266,38 @@ class Captioner:
                     captions[index] = caption
                 bar.update(len(indices))
         return captions
+
+    def caption_readable_files(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        settings: DecodeSettings = DecodeSettings(),
+        *,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        progress: bool = False,
+    ) -> CaptionedFiles:
+        """Captions of the files that can be read; the others are skipped and reported.
+
+        Each image is captioned independently of its batch, so the captions of the readable
+        files are those :meth:`caption_files` gives.
+        """
+        self._check_steps(settings)
+        dataset = LenientImageFileDataset(paths, self.transform)
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=LenientImageFileDataset.collate,
+        )
+        result = CaptionedFiles()
+        with tqdm(total=len(dataset), desc="captioning", unit="img", disable=not progress) as bar:
+            for indices, images, failed in loader:
+                result.unreadable.extend((dataset.paths[i], reason) for i, reason in failed)
+                if images is not None:
+                    captions = self.caption_tensors(images, settings)
+                    result.captions.update(zip(indices.tolist(), captions, strict=True))
+                bar.update(len(indices) + len(failed))
+        return result  # the loader keeps input order, so `unreadable` is in input order too
 
 
 def load_captioner(
@@ -408,6 +463,11 @@ def format_scores(scores: Mapping[str, float]) -> str:
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True, help="DataLoader workers.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present).")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Fail on the first unreadable image (naming it) instead of skipping and listing it.",
+)
 def caption_command(
     inputs: tuple[Path, ...],
     checkpoint: Path,
@@ -427,8 +487,13 @@ def caption_command(
     batch_size: int,
     workers: int,
     device: str | None,
+    strict: bool,
 ) -> None:
     """Caption images with a self-contained checkpoint (tokenizer inside).
+
+    Unreadable images (missing, corrupt, truncated, not a regular file, above the pixel limit
+    $VIRTEX_MAX_IMAGE_PIXELS, outside --images) are skipped: their count and list go to stderr
+    (and to the --metrics JSON), and the rest is captioned. --strict fails on the first instead.
 
     \b
     Arbitrary images (files or folders, searched recursively):
@@ -457,7 +522,7 @@ def caption_command(
             image_size=image_size,
         )
         if coco_captions is None:
-            _caption_paths(captioner, inputs, settings, output, batch_size, workers)
+            _caption_paths(captioner, inputs, settings, output, batch_size, workers, strict)
         else:
             assert image_root is not None
             _caption_coco(
@@ -472,9 +537,43 @@ def caption_command(
                 spice=spice,
                 batch_size=batch_size,
                 workers=workers,
+                strict=strict,
             )
     except (ValueError, SpiceUnavailable) as error:  # ImageFileError is a ValueError
         raise click.ClickException(str(error)) from error
+
+
+def _report_unreadable(unreadable: Sequence[tuple[Path, str]], total: int) -> None:
+    if not unreadable:
+        return
+    click.echo(f"skipped {len(unreadable)} of {total} image(s) that could not be read:", err=True)
+    for path, reason in unreadable:
+        click.echo(f"  {path}: {reason}", err=True)
+
+
+def _caption_some(
+    captioner: Captioner,
+    paths: Sequence[Path],
+    settings: DecodeSettings,
+    *,
+    strict: bool,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+) -> CaptionedFiles:
+    """Strict: every file or an ImageFileError naming the first bad one; else skip and list."""
+    if strict:
+        captions = captioner.caption_files(
+            paths, settings, batch_size=batch_size, num_workers=workers, progress=progress
+        )
+        return CaptionedFiles(dict(enumerate(captions)))
+    result = captioner.caption_readable_files(
+        paths, settings, batch_size=batch_size, num_workers=workers, progress=progress
+    )
+    _report_unreadable(result.unreadable, len(paths))
+    if not result.captions:
+        raise ValueError(f"none of the {len(paths)} image(s) could be read")
+    return result
 
 
 def _caption_paths(
@@ -484,18 +583,27 @@ def _caption_paths(
     output: Path | None,
     batch_size: int,
     workers: int,
+    strict: bool = False,
 ) -> None:
     paths = find_images(inputs)
-    captions = captioner.caption_files(
-        paths, settings, batch_size=batch_size, num_workers=workers, progress=output is not None
+    result = _caption_some(
+        captioner,
+        paths,
+        settings,
+        strict=strict,
+        batch_size=batch_size,
+        workers=workers,
+        progress=output is not None,
     )
+    kept = sorted(result.captions)
     if output is None:
-        for path, caption in zip(paths, captions, strict=True):
-            click.echo(f"{path}\t{caption}")
+        for index in kept:
+            click.echo(f"{paths[index]}\t{result.captions[index]}")
         return
-    records = [{"file": str(p), "caption": c} for p, c in zip(paths, captions, strict=True)]
+    records = [{"file": str(paths[i]), "caption": result.captions[i]} for i in kept]
     _write_json(output, records)
-    click.echo(f"wrote {len(records)} captions to {output}", err=True)
+    skipped = f" ({len(result.unreadable)} unreadable skipped)" if result.unreadable else ""
+    click.echo(f"wrote {len(records)} captions to {output}{skipped}", err=True)
 
 
 def _caption_coco(
@@ -511,6 +619,7 @@ def _caption_coco(
     spice: bool,
     batch_size: int,
     workers: int,
+    strict: bool = False,
 ) -> None:
     from virtex_eval.metrics import evaluate_captions
 
@@ -520,14 +629,33 @@ def _caption_coco(
     ids = sorted(files)
     if limit is not None:
         ids = ids[:limit]
-    paths = [image_root / files[key] for key in ids]
-    for path in paths:  # fail before any work, naming the file
-        if not path.is_file():
+    unreadable: list[tuple[Path, str]] = []
+    readable: list[tuple[int, Path]] = []
+    for key in ids:
+        try:
+            path = image_path(image_root, files[key])
+        except OutsideImageFolder as error:  # a caption file may not point outside --images
+            if strict:
+                raise ValueError(f"{coco_captions}: image id {key}: {error}") from None
+            unreadable.append((Path(files[key]), f"listed in {coco_captions}: {error}"))
+            continue
+        if strict and not path.is_file():  # fail before any work, naming the file
             raise ImageFileError(path, f"image listed in {coco_captions} is missing")
-    captions = captioner.caption_files(
-        paths, settings, batch_size=batch_size, num_workers=workers, progress=True
+        readable.append((key, path))
+    if not strict:
+        _report_unreadable(unreadable, len(ids))
+    captioned = _caption_some(
+        captioner,
+        [path for _, path in readable],
+        settings,
+        strict=strict,
+        batch_size=batch_size,
+        workers=workers,
+        progress=True,
     )
-    predictions = dict(zip(ids, captions, strict=True))
+    unreadable.extend(captioned.unreadable)
+    predictions = {readable[i][0]: caption for i, caption in sorted(captioned.captions.items())}
+    ids = [key for key in ids if key in predictions]
     if output is not None:
         _write_json(output, [{"image_id": key, "caption": predictions[key]} for key in ids])
         click.echo(f"wrote COCO results for {len(ids)} images to {output}", err=True)
@@ -545,6 +673,8 @@ def _caption_coco(
         record = dict(scores)
         record["num_images"] = len(ids)
         record["decoder"] = settings.describe(captioner.objective)
+        if unreadable:  # scores are over the readable images only: say which were left out
+            record["skipped"] = [{"file": str(p), "reason": r} for p, r in unreadable]
         _write_json(metrics_path, record)
         click.echo(f"wrote scores to {metrics_path}", err=True)
     if per_image_path is not None:

@@ -2,7 +2,10 @@
 
 Every evaluation command that reads images from disk (captioning, zero-shot, probes) goes
 through this module, so a missing, empty, truncated or non-image file always fails the same way:
-:class:`ImageFileError` (a ``ValueError``) whose message starts with the path.
+:class:`ImageFileError` (a ``ValueError``) whose message starts with the path. So does a path
+that is not a regular file (a named pipe is refused without blocking on it) and an image above
+the pixel limit (``VIRTEX_MAX_IMAGE_PIXELS``, default Pillow's 89,478,485; checked from the
+header before decoding). Images are used upright (EXIF orientation applied).
 
 Preprocessing is ``virtex_data.transforms.EvalTransform`` (shorter side to ``round(S / 0.875)``,
 centre crop ``S``, ImageNet normalisation), the same transform the training run validates with.
@@ -10,7 +13,6 @@ centre crop ``S``, ImageNet normalisation), the same transform the training run 
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -20,13 +22,14 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from virtex_data.image_codec import to_rgb
+from virtex_data.image_codec import ImageTooLarge, decode_rgb, read_regular_file
 from virtex_data.transforms import EvalTransform, TransformConfig
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageFileDataset",
     "ImageFileError",
+    "LenientImageFileDataset",
     "eval_transform",
     "find_images",
     "load_image",
@@ -91,6 +94,8 @@ def find_images(paths: Iterable[str | os.PathLike[str]], *, recursive: bool = Tr
             found.extend(inside)
         elif path.is_file():
             found.append(path)
+        elif path.exists():
+            raise ImageFileError(path, "not a regular file (a named pipe, socket or device)")
         else:
             raise ImageFileError(path, "no such file or directory")
     return found
@@ -98,7 +103,7 @@ def find_images(paths: Iterable[str | os.PathLike[str]], *, recursive: bool = Tr
 
 def _read(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path)
     except FileNotFoundError:
         raise ImageFileError(path, "no such image file") from None
     except IsADirectoryError:
@@ -111,17 +116,21 @@ def _read(path: Path) -> bytes:
 
 
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
-    """The fully decoded RGB image of a file (grayscale, palette, RGBA, CMYK, 16-bit converted).
+    """The fully decoded, upright RGB image of a file (grayscale, palette, RGBA, CMYK, 16-bit
+    converted; EXIF orientation applied).
 
     Raises:
-        ImageFileError: missing, unreadable, empty, corrupt or truncated file.
+        ImageFileError: missing, unreadable, not a regular file, empty, above the pixel limit,
+            corrupt or truncated file.
     """
     path = Path(path)
     data = _read(path)
     try:
-        image = Image.open(io.BytesIO(data))
+        image = decode_rgb(data)
         image.load()
-        return to_rgb(image)
+        return image
+    except ImageTooLarge as error:
+        raise ImageFileError(path, error.reason) from None
     except UnidentifiedImageError:
         raise ImageFileError(path, "not a recognised image (corrupt or wrong format)") from None
     except _DECODE_ERRORS as error:
@@ -140,6 +149,8 @@ def load_image_tensor(path: str | os.PathLike[str], transform: EvalTransform) ->
     data = _read(path)
     try:
         return transform.image(data)
+    except ImageTooLarge as error:
+        raise ImageFileError(path, error.reason) from None
     except UnidentifiedImageError:
         raise ImageFileError(path, "not a recognised image (corrupt or wrong format)") from None
     except _DECODE_ERRORS as error:
@@ -169,3 +180,38 @@ class ImageFileDataset(Dataset[tuple[int, Tensor]]):
         """``(indices (B,), images (B, 3, S, S))``."""
         indices = torch.tensor([index for index, _ in samples], dtype=torch.long)
         return indices, torch.stack([image for _, image in samples])
+
+
+class LenientImageFileDataset(Dataset[tuple[int, Tensor | None, str | None]]):
+    """:class:`ImageFileDataset` that yields ``(index, None, reason)`` for an unusable file
+    instead of raising, so that one bad image does not stop a run.
+
+    Args:
+        paths: the image files.
+        transform: e.g. :func:`eval_transform`.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike[str]], transform: EvalTransform) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, Tensor | None, str | None]:
+        try:
+            return index, load_image_tensor(self.paths[index], self.transform), None
+        except ImageFileError as error:
+            return index, None, error.reason
+
+    @staticmethod
+    def collate(
+        samples: Sequence[tuple[int, Tensor | None, str | None]],
+    ) -> tuple[Tensor, Tensor | None, list[tuple[int, str]]]:
+        """``(indices (B',), images (B', 3, S, S) or None if B' = 0, [(index, reason)])`` where
+        ``B'`` counts the usable images of the batch."""
+        good = [(index, image) for index, image, _ in samples if image is not None]
+        failed = [(i, reason or "unreadable") for i, image, reason in samples if image is None]
+        indices = torch.tensor([index for index, _ in good], dtype=torch.long)
+        images = torch.stack([image for _, image in good]) if good else None
+        return indices, images, failed

@@ -17,8 +17,10 @@ __all__ = ["detectron2_command"]
 @click.option(
     "--checkpoint",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="VirTex checkpoint (its backbone is exported) or a detectron2 .pth/.pkl; "
-    "omit for the config's own MODEL.WEIGHTS (random init with the VirTex configs).",
+    help="VirTex checkpoint (its backbone is exported) or detectron2 weights: a .pth state "
+    "dict (read weights-only), or a model-zoo .pkl (read by a restricted loader that accepts "
+    "only numpy arrays and plain containers; other pickles are refused, never run). "
+    "Omit for the config's own MODEL.WEIGHTS (random init with the VirTex configs).",
 )
 @click.option(
     "--d2-config",
@@ -74,7 +76,8 @@ def detectron2_command(
     """Fine-tune (or evaluate) a detectron2 detector initialised with a VirTex backbone.
 
     OPTS are detectron2 KEY VALUE overrides, e.g. SOLVER.MAX_ITER 1000 SOLVER.IMS_PER_BATCH 8
-    (put `--` before them if a value starts with '-'). Metrics go to
+    (put `--` before them if a value starts with '-'). The config and its _BASE_ files must be
+    plain YAML (Python tags and aliases are refused). Metrics go to
     OUTPUT_DIR/metrics_detectron2.json. Needs the detectron2 extra:
     python -m virtex_eval.detectron2.install
     """

@@ -10,6 +10,11 @@ The flow of ``virtex-eval detectron2``:
    builds the config, trains with a ``DefaultTrainer`` (or only evaluates) and evaluates with
    detectron2's COCO / LVIS / VOC evaluators;
 3. the main process writes ``OUTPUT_DIR/metrics_detectron2.json``.
+
+No file runs code: the config and its ``_BASE_`` chain are parsed with a safe YAML loader
+first (:func:`virtex_eval.detectron2.safe_loading.read_config_chain`) and detectron2 gets
+``allow_unsafe=False``; every checkpointer reads ``.pkl`` weights through a restricted unpickler
+(numpy arrays and plain containers only) and everything else with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -26,8 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from virtex_eval.detectron2 import METRICS_FILE, compat
+from virtex_eval.detectron2.safe_loading import (
+    detectron2_checkpoint,
+    load_weights_file,
+    read_config_chain,
+    read_pickled_weights,
+)
 
 __all__ = ["Detectron2Run", "build_config", "metrics_summary", "run"]
 
@@ -76,9 +88,24 @@ class Detectron2Run:
 
 def _is_virtex_checkpoint(path: Path) -> bool:
     if path.suffix == ".pkl":
-        return False  # detectron2 model-zoo pickles: detectron2 reads them itself
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    return isinstance(checkpoint, Mapping) and "model_spec" in checkpoint
+        # detectron2 model-zoo pickles: checked now (restricted unpickler), so that a refused
+        # file fails before any work; the checkpointers read it the same way later.
+        detectron2_checkpoint(read_pickled_weights(path), str(path))
+        return False
+    loaded = load_weights_file(str(path))  # {"model": the file's dict} unless it has "model"
+    inner = loaded["model"]
+    return "model_spec" in loaded or (isinstance(inner, Mapping) and "model_spec" in inner)
+
+
+def _make_safe(checkpointer: Any) -> Any:
+    """Route a detectron2 checkpointer's file reading through :func:`load_weights_file`.
+
+    detectron2 ``pickle.load``\\ s ``.pkl`` files and fvcore calls ``torch.load`` without
+    ``weights_only``: the instance attribute shadows that method for every load (``--checkpoint``,
+    ``MODEL.WEIGHTS``, ``OUTPUT_DIR/last_checkpoint``).
+    """
+    checkpointer._load_file = load_weights_file
+    return checkpointer
 
 
 def _backbone_opts(weights: Path) -> list[str]:
@@ -104,13 +131,16 @@ def build_config(
 
     if not run.d2_config.is_file():
         raise FileNotFoundError(f"detectron2 config {run.d2_config} does not exist")
+    # Every file of the _BASE_ chain parsed safely before detectron2 opens any of them.
+    read_config_chain(run.d2_config)
     if len(run.opts) % 2:
         raise ValueError(f"overrides come as KEY VALUE pairs, got an odd list: {run.opts}")
     cfg = get_cfg()
     # yacs reports an unknown key as KeyError / a wrong type as ValueError, without the source.
     try:
-        cfg.merge_from_file(str(run.d2_config))
-    except (KeyError, ValueError, AssertionError) as error:
+        # allow_unsafe=False: detectron2 would otherwise retry a file with yaml.unsafe_load.
+        cfg.merge_from_file(str(run.d2_config), allow_unsafe=False)
+    except (KeyError, ValueError, AssertionError, yaml.YAMLError) as error:
         raise ValueError(f"{run.d2_config}: {error}") from None
     cfg.merge_from_list(list(backbone_opts))
     try:
@@ -156,7 +186,12 @@ def _trainer_class() -> Any:
     from detectron2.evaluation import COCOEvaluator, LVISEvaluator, PascalVOCDetectionEvaluator
 
     class VirtexDetectionTrainer(DefaultTrainer):
-        """``DefaultTrainer`` with the evaluator chosen from the dataset's ``evaluator_type``."""
+        """``DefaultTrainer`` with the evaluator chosen from the dataset's ``evaluator_type``
+        and a checkpointer that runs no code from the files it reads."""
+
+        def __init__(self, cfg: Any) -> None:
+            super().__init__(cfg)
+            _make_safe(self.checkpointer)
 
         @classmethod
         def build_evaluator(cls, cfg: Any, dataset_name: str, output_folder: Any = None) -> Any:
@@ -233,7 +268,7 @@ def _worker(run: Detectron2Run, weights: str | None, backbone_opts: list[str]) -
     trainer_class = _trainer_class()
     if run.eval_only:
         model = trainer_class.build_model(cfg)
-        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer = _make_safe(DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR))
         # --checkpoint wins; otherwise OUTPUT_DIR's last checkpoint (the fine-tuned detector).
         if (run.resume or run.checkpoint is None) and checkpointer.has_checkpoint():
             weights_used = checkpointer.get_checkpoint_file()
