@@ -587,7 +587,8 @@ def test_slurm_tasks_form_one_ddp_run_of_the_real_trainer(
     assert [r["env"]["LOCAL_RANK"] for r in records] == ["0", "1"]
     assert {r["env"]["WORLD_SIZE"] for r in records} == {"2"}
     assert {r["env"]["MASTER_PORT"] for r in records} == {str(rendezvous_port(job.job_id))}
-    assert {r["env"]["MASTER_ADDR"] for r in records} == {slurm_cluster.NODE}
+    (master,) = {r["env"]["MASTER_ADDR"] for r in records}
+    assert master in cluster.nodes  # the job's one node
     assert {r["slurm_job"] for r in records} == {job.job_id}
     # One run of 4 steps (a process group of 2 formed through MASTER_ADDR/MASTER_PORT), logged
     # once by rank 0.
