@@ -256,9 +256,11 @@ def test_interrupted_two_node_job_resumes_after_preemption_stall_and_node_loss(
     cluster2: slurm_cluster.SlurmCluster,
     data: TinyData,
     uninterrupted: Submitted,
+    torchrun_pair: TorchrunPair,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    # Runs while `uninterrupted` (submitted by the fixture) trains: the waits overlap.
+    # Runs while `uninterrupted` and `torchrun_pair` (started by the fixtures) train: their work
+    # fills this test's waits for Slurm.
     run = submit_two_nodes(
         cluster2,
         data,
@@ -297,7 +299,8 @@ def test_interrupted_two_node_job_resumes_after_preemption_stall_and_node_loss(
 
     # 3. node2 loses power: every process of its namespace is killed (slurmd included).
     wait_for(lambda: step() > resumed, 120, "a checkpoint of the third attempt", run)
-    wait_finished(cluster2, uninterrupted, 180)  # it may have a task on node2 too
+    wait_finished(cluster2, uninterrupted, 180)  # both have a process on node2 too
+    torchrun_pair.wait()
     killed = cluster2.kill_node("node2")
     assert killed, "nothing ran in node2's namespace"
     timings["node lost->down"] = wait_for(
@@ -360,72 +363,86 @@ def test_two_nodes_equal_one_process_on_the_combined_batch(
     assert_same_weights(final_weights(uninterrupted.out), final_weights(tmp_path / "one-process"))
 
 
-def test_torchrun_rendezvous_across_the_two_nodes(
-    cluster2: slurm_cluster.SlurmCluster, tmp_path: Path
-) -> None:
-    """``torchrun --nnodes 2`` in each namespace, c10d rendezvous at node1, no Slurm."""
-    slurmd_port = next(
-        int(line.split("=", 1)[1])
-        for line in cluster2.conf.read_text().splitlines()
-        if line.startswith("SlurmdPort=")
-    )
-    port = 29400 if slurmd_port != 29400 else 29401
+class TorchrunPair:
+    """``torchrun --nnodes 2`` started in each namespace (``_ddp_worker.py``, 4 plain steps)."""
+
     steps = 4
-    os.chmod(tmp_path, 0o755)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(sys.path),
-        "OMP_NUM_THREADS": "1",
-    }
-    procs = {}
-    for node in ("node1", "node2"):
-        torchrun = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nnodes=2",
-            "--nproc-per-node=1",
-            "--rdzv-backend=c10d",
-            f"--rdzv-endpoint=node1:{port}",
-            "--rdzv-id=virtex-test",
-            "--max-restarts=0",
-            str(WORKER),
-            str(tmp_path),
-            str(steps),
-            "plain",
-        ]
-        script = f"hostname {node} && exec " + " ".join(torchrun)
-        procs[node] = subprocess.Popen(
-            [
-                "nsenter",
-                f"--net=/run/netns/{slurm_cluster.namespace(node)}",
-                "unshare",
-                "--uts",
-                "sh",
-                "-c",
-                script,
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+
+    def __init__(self, cluster: slurm_cluster.SlurmCluster, out: Path) -> None:
+        self.out = out
+        slurmd_port = next(
+            int(line.split("=", 1)[1])
+            for line in cluster.conf.read_text().splitlines()
+            if line.startswith("SlurmdPort=")
         )
-    outputs = {}
-    try:
-        for node, proc in procs.items():
-            outputs[node], _ = proc.communicate(timeout=180)
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-    for node, proc in procs.items():
+        port = 29400 if slurmd_port != 29400 else 29401
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+        self.outputs: dict[str, str] = {}
+        for node in ("node1", "node2"):
+            torchrun = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint=node1:{port}",
+                "--rdzv-id=virtex-test",
+                "--max-restarts=0",
+                str(WORKER),
+                str(out),
+                str(self.steps),
+                "plain",
+            ]
+            # Its own host name, as on a real node: gloo advertises the address it resolves to.
+            script = f"hostname {node} && exec " + " ".join(torchrun)
+            namespace = f"--net=/run/netns/{slurm_cluster.namespace(node)}"
+            self.procs[node] = subprocess.Popen(
+                ["nsenter", namespace, "unshare", "--uts", "sh", "-c", script],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+
+    def wait(self, timeout: float = 180) -> dict[str, str]:
+        """Waits for both (killing them after ``timeout``); returns their output by node."""
+        deadline = time.monotonic() + timeout
+        try:
+            for node, proc in self.procs.items():
+                if node not in self.outputs:
+                    remaining = max(1.0, deadline - time.monotonic())
+                    self.outputs[node], _ = proc.communicate(timeout=remaining)
+        finally:
+            for proc in self.procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
+        return self.outputs
+
+
+@pytest.fixture(scope="module")
+def torchrun_pair(
+    cluster2: slurm_cluster.SlurmCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TorchrunPair]:
+    """Started once, early: it runs while the Slurm jobs wait for Slurm."""
+    pair = TorchrunPair(cluster2, tmp_path_factory.mktemp("torchrun"))
+    yield pair
+    pair.wait(timeout=1)
+
+
+def test_torchrun_rendezvous_across_the_two_nodes(torchrun_pair: TorchrunPair) -> None:
+    """``torchrun --nnodes 2 --rdzv-backend c10d --rdzv-endpoint node1:PORT``, no Slurm."""
+    outputs = torchrun_pair.wait()
+    for node, proc in torchrun_pair.procs.items():
         assert proc.returncode == 0, f"{node}:\n{outputs[node]}"
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    steps = torchrun_pair.steps
+    ranks = [torch.load(torchrun_pair.out / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert [r["step"] for r in ranks] == [steps, steps]
     for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
         assert torch.equal(a, b)  # one model, kept in step over the bridge
-    # The same 4 steps in one process on the combined batch (as in test_distributed.py).
+    # The same steps in one process on the combined batch (as in test_distributed.py).
     toy = ToyCaptions(16)
     model = toy_model(dropout=0.0, seed=0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
