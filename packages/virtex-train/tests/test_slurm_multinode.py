@@ -234,6 +234,8 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
 
 def assert_same_weights(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
     assert got.keys() == expected.keys()
+    largest = max(float((got[name] - t).abs().max()) for name, t in expected.items() if t.numel())
+    print(f"largest weight difference: {largest:.3g}")  # shown with -s: 0 means bitwise equal
     for name, tensor in expected.items():
         # float32 sums in another order differ by a few ulp per step (test_distributed.py).
         torch.testing.assert_close(got[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
