@@ -366,6 +366,7 @@ class SlurmCluster:
                     time.sleep(0.5)
         for node in self.nodes:
             _terminate(self.slurmd_pid_file(node), self.processes.get(f"slurmd-{node}"))
+        _terminate(self.root / "slurmd.pid", None)  # a cluster started by an earlier version
         for name in reversed(DAEMONS):
             _terminate(self.root / f"{name}.pid", self.processes.get(name))
         remove_network(self.root)
@@ -685,14 +686,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.nodes < 1:
         parser.error(f"--nodes must be >= 1, got {args.nodes}")
     try:
-        if existing.conf.exists() and existing.controller_up():
-            if len(existing.nodes) != args.nodes:
+        running = existing.conf.exists() and existing.controller_up()
+        legacy = (root / "slurmd.pid").exists()  # started by an earlier version of this file
+        if running and (len(existing.nodes) != args.nodes or legacy):
+            if existing.job_ids():
                 print(
                     f"error: the cluster in {root} has {len(existing.nodes)} node(s), not "
-                    f"{args.nodes}: stop it first (--down)",
+                    f"{args.nodes}, and jobs in its queue: stop it first (--down)",
                     file=sys.stderr,
                 )
                 return 1
+            existing.stop()  # an idle cluster of another shape: replaced
+            running = False
+        if running:
             restarted = existing.revive()
             what = f"; restarted slurmd on {', '.join(restarted)}" if restarted else ""
             print(f"Slurm test cluster already up in {root}{what}")
