@@ -451,7 +451,9 @@ class TrainJob:
 
         signal.signal(usr_signal, on_usr_signal)
         if self.collective_timeout_s is not None:
-            os.environ["VIRTEX_COLLECTIVE_TIMEOUT_S"] = str(self.collective_timeout_s)
+            from virtex_train.distributed import COLLECTIVE_TIMEOUT_ENV
+
+            os.environ[COLLECTIVE_TIMEOUT_ENV] = str(self.collective_timeout_s)
         train = self.train_function or _default_train_function()
         self._phase = "running"
         try:
