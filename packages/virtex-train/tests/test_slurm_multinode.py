@@ -44,7 +44,8 @@ from _tiny import TinyData, ToyCaptions, toy_model
 pytestmark = pytest.mark.slurm
 
 WORKER = Path(__file__).parent / "_ddp_worker.py"
-NUM_STEPS = 24
+#: Enough steps after the third attempt's first checkpoint for the test to kill node2 first.
+NUM_STEPS = 32
 CHECKPOINT_EVERY = 4
 #: Short, so that the stalled-peer phase costs seconds (the default is 300 s).
 COLLECTIVE_TIMEOUT_S = 6
@@ -300,9 +301,9 @@ def test_interrupted_two_node_job_resumes_after_preemption_stall_and_node_loss(
     resumed = step()
 
     # 3. node2 loses power: every process of its namespace is killed (slurmd included).
-    wait_for(lambda: step() > resumed, 120, "a checkpoint of the third attempt", run)
     wait_finished(cluster2, uninterrupted, 180)  # both have a process on node2 too
     torchrun_pair.wait()
+    wait_for(lambda: step() > resumed, 120, "a checkpoint of the third attempt", run)
     killed = cluster2.kill_node("node2")
     assert killed, "nothing ran in node2's namespace"
     timings["node lost->down"] = wait_for(
