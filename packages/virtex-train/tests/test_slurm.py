@@ -211,6 +211,8 @@ def test_cpu_job_has_no_gpu_request(tmp_path: Path) -> None:
         ({"time_min": 1, "signal_delay_s": 60}, "not shorter than the time limit"),
         ({"nodes": 0}, "nodes must be >= 1"),
         ({"extra": {"--bad option": "x"}}, "not an option name"),
+        ({"collective_timeout_s": 0}, "collective_timeout_s must be > 0"),
+        ({"max_peer_failures": -1}, "max_peer_failures must be >= 0"),
     ],
 )
 def test_bad_resources_are_refused_with_the_reason(kwargs: dict[str, Any], message: str) -> None:
@@ -255,15 +257,54 @@ def test_checkpoint_step_reads_the_latest_pointer(tmp_path: Path) -> None:
 
 def test_requeued_submission_is_the_same_run(tmp_path: Path) -> None:
     config = small_config(10, 5)
-    job = TrainJob(config, tmp_path, fake_pretraining)
+    job = TrainJob(
+        config, tmp_path, fake_pretraining, collective_timeout_s=12.5, max_peer_failures=7
+    )
     again = job.checkpoint().function
     assert isinstance(again, TrainJob)
     assert again is not job
-    assert (again.config, again.output_dir, again.train_function) == (
-        config,
-        tmp_path,
-        fake_pretraining,
-    )
+    assert again.train_function is fake_pretraining
+    # The requeued copy and the pickle submitit sends to the tasks (the stand-in trainer is
+    # pickled by value, so it comes back as an equal function, not the same object).
+    for copy in (again, cloudpickle.loads(cloudpickle.dumps(job))):
+        assert (copy.config, copy.output_dir) == (config, tmp_path)
+        assert copy.train_function.__name__ == "fake_pretraining"
+        assert (copy.collective_timeout_s, copy.max_peer_failures) == (12.5, 7)
+
+
+def test_a_peer_failure_requeues_once_per_attempt_up_to_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = tmp_path / "scontrol-calls"
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    scontrol = fake_bin / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    for key, value in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "41", "RANK": "1"}.items():
+        monkeypatch.setenv(key, value)
+    job = TrainJob(small_config(10, 5), tmp_path, fake_pretraining, max_peer_failures=2)
+    error = RuntimeError("[gloo] Timed out waiting 6000ms for recv operation to complete")
+
+    def requeue_calls() -> list[str]:
+        return calls.read_text().splitlines() if calls.exists() else []
+
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    assert job.requeue_after_peer_failure(error)
+    assert job.requeue_after_peer_failure(error)  # another rank of the same attempt
+    assert requeue_calls() == ["requeue 41"]  # asked once
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert job.requeue_after_peer_failure(error)
+    assert requeue_calls() == ["requeue 41", "requeue 41"]
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert not job.requeue_after_peer_failure(error)  # max_peer_failures=2 reached
+    assert len(requeue_calls()) == 2
+    request = tmp_path / "slurm" / "peer_failures" / "41.0"
+    assert request.read_text() == f"rank 1: {error}\n"
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")  # no Slurm to requeue through
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "5")
+    assert not job.requeue_after_peer_failure(error)
 
 
 @pytest.fixture
@@ -587,7 +628,8 @@ def test_slurm_tasks_form_one_ddp_run_of_the_real_trainer(
     assert [r["env"]["LOCAL_RANK"] for r in records] == ["0", "1"]
     assert {r["env"]["WORLD_SIZE"] for r in records} == {"2"}
     assert {r["env"]["MASTER_PORT"] for r in records} == {str(rendezvous_port(job.job_id))}
-    assert {r["env"]["MASTER_ADDR"] for r in records} == {slurm_cluster.NODE}
+    (master,) = {r["env"]["MASTER_ADDR"] for r in records}
+    assert master in cluster.nodes  # the job's one node
     assert {r["slurm_job"] for r in records} == {job.job_id}
     # One run of 4 steps (a process group of 2 formed through MASTER_ADDR/MASTER_PORT), logged
     # once by rank 0.

@@ -10,6 +10,14 @@ Environment detection (first match wins):
 
 A SLURM batch script that runs ``python`` directly (no ``srun``) sees ``SLURM_NTASKS`` but only
 one process exists; such a run is treated as single-process when ``SLURM_STEP_ID`` is absent.
+
+Collective timeout: a collective (the gradient all-reduce, a barrier) that waits longer than
+``VIRTEX_COLLECTIVE_TIMEOUT_S`` seconds (default 300) for another rank fails with an error instead
+of waiting until the job's time limit: a peer that stopped answering (a stalled process, a node
+that froze) then ends the run, and ``virtex-train submit`` requeues it (``virtex_train.slurm``).
+The timeout must exceed the longest gap between two collectives of a healthy run (rank 0 writing
+a checkpoint, a first ``torch.compile``). gloo honours it in every collective; with NCCL the
+process group watchdog enforces it and ends the process.
 """
 
 from __future__ import annotations
@@ -24,16 +32,33 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
+    "COLLECTIVE_TIMEOUT_ENV",
+    "DEFAULT_COLLECTIVE_TIMEOUT_S",
     "DistEnv",
     "all_reduce_max",
     "all_reduce_sum",
     "barrier",
+    "collective_timeout",
     "detect_env",
+    "is_peer_failure",
     "setup",
     "teardown",
 ]
 
 DEFAULT_PORT = 29500
+#: Seconds a collective waits for the other ranks before it fails.
+DEFAULT_COLLECTIVE_TIMEOUT_S = 300.0
+COLLECTIVE_TIMEOUT_ENV = "VIRTEX_COLLECTIVE_TIMEOUT_S"
+#: Messages of gloo/NCCL errors that mean another rank stopped answering or went away.
+_PEER_FAILURE_MESSAGES = (
+    "Timed out",
+    "timed out",
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Connection refused",
+    "Broken pipe",
+    "NCCL communicator was aborted",
+)
 
 
 @dataclass(frozen=True)
@@ -118,10 +143,43 @@ def detect_env(environ: Mapping[str, str] | None = None) -> DistEnv:
     return DistEnv()
 
 
+def collective_timeout(environ: Mapping[str, str] | None = None) -> datetime.timedelta:
+    """``VIRTEX_COLLECTIVE_TIMEOUT_S`` (seconds, > 0), else ``DEFAULT_COLLECTIVE_TIMEOUT_S``.
+
+    Raises:
+        ValueError: the variable is not a positive number.
+    """
+    env = os.environ if environ is None else environ
+    text = env.get(COLLECTIVE_TIMEOUT_ENV)
+    if text is None:
+        return datetime.timedelta(seconds=DEFAULT_COLLECTIVE_TIMEOUT_S)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(
+            f"environment variable {COLLECTIVE_TIMEOUT_ENV}={text!r} is not a positive number "
+            "of seconds"
+        )
+    return datetime.timedelta(seconds=seconds)
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether ``error`` says another rank stopped answering or went away (a collective timed
+    out, a connection was reset), as opposed to a failure of this rank's own work."""
+    if not isinstance(error, RuntimeError):
+        return False
+    if isinstance(error, dist.DistError):
+        return True
+    return any(text in str(error) for text in _PEER_FAILURE_MESSAGES)
+
+
 def setup(env: DistEnv, device_type: str | None = None) -> torch.device:
     """Initialise the process group (if distributed) and return this process's device.
 
-    gloo on CPU, NCCL on CUDA. ``device_type`` defaults to CUDA when available.
+    gloo on CPU, NCCL on CUDA. ``device_type`` defaults to CUDA when available. Collectives fail
+    after :func:`collective_timeout` (see the module docstring).
     """
     if device_type is None:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
@@ -137,7 +195,7 @@ def setup(env: DistEnv, device_type: str | None = None) -> torch.device:
             init_method=f"tcp://{env.master_addr}:{env.master_port}",
             rank=env.rank,
             world_size=env.world_size,
-            timeout=datetime.timedelta(minutes=30),
+            timeout=collective_timeout(),
         )
     return device
 

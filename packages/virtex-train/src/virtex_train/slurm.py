@@ -21,6 +21,12 @@ Interruption, step by step:
 A SIGTERM without SIGUSR2 (``scancel``, or a preemption the cluster itself requeues) also stops
 the trainer after a checkpoint; the task then raises :class:`RunInterrupted` instead of returning
 a result, so an unfinished run never looks finished.
+
+A peer that stops answering (a stalled process, a frozen node) makes the collectives of the
+other ranks fail after ``collective_timeout_s`` (``virtex_train.distributed``); the first rank
+that sees such a failure runs ``scontrol requeue`` (at most ``max_peer_failures`` times per job),
+which ends every task, the stalled one included, and the job resumes from its latest checkpoint.
+A node that dies is noticed by Slurm itself, which requeues the job.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import re
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import zlib
@@ -88,7 +95,8 @@ def _default_train_function() -> TrainFunction:
 
 @dataclass(frozen=True, kw_only=True)
 class SlurmResources:
-    """What to ask Slurm for. One task per GPU; ``gpus_per_node=0`` runs CPU tasks.
+    """What to ask Slurm for, and how the job reacts to interruptions. One task per GPU;
+    ``gpus_per_node=0`` runs CPU tasks.
 
     Attributes:
         nodes: number of nodes.
@@ -103,6 +111,11 @@ class SlurmResources:
         signal_delay_s: SIGUSR2 this many seconds before the time limit (checkpoint + requeue).
         max_timeouts: requeues after a time-out before the job gives up (preemptions are not
             counted).
+        collective_timeout_s: seconds a collective waits for the other ranks before it fails
+            (``VIRTEX_COLLECTIVE_TIMEOUT_S`` in the tasks; None: that variable as the job
+            inherits it, else ``distributed.DEFAULT_COLLECTIVE_TIMEOUT_S``, 300 s).
+        max_peer_failures: requeues after a collective failed (a peer stalled or went away)
+            before the job gives up.
         setup: shell lines run in the batch script before ``srun`` (``module load cuda``).
         extra: further ``#SBATCH`` options, e.g. ``{"constraint": "a100"}``.
     """
@@ -119,6 +132,8 @@ class SlurmResources:
     job_name: str = "virtex"
     signal_delay_s: int = 120
     max_timeouts: int = 3
+    collective_timeout_s: float | None = None
+    max_peer_failures: int = 3
     setup: tuple[str, ...] = ()
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -126,7 +141,7 @@ class SlurmResources:
         for name in ("nodes", "time_min"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("gpus_per_node", "signal_delay_s", "max_timeouts"):
+        for name in ("gpus_per_node", "signal_delay_s", "max_timeouts", "max_peer_failures"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.tasks_per_node is not None:
@@ -137,6 +152,8 @@ class SlurmResources:
                     f"tasks_per_node={self.tasks_per_node} with gpus_per_node="
                     f"{self.gpus_per_node}: GPU jobs run exactly one task per GPU"
                 )
+        if self.collective_timeout_s is not None and not self.collective_timeout_s > 0:
+            raise ValueError(f"collective_timeout_s must be > 0, got {self.collective_timeout_s}")
         if self.cpus_per_task is not None and self.cpus_per_task < 1:
             raise ValueError(f"cpus_per_task must be >= 1, got {self.cpus_per_task}")
         if self.mem is not None and not _MEM.match(self.mem):
@@ -310,6 +327,9 @@ class TrainJob:
         config: the resolved experiment.
         output_dir: the run directory (shared by every node).
         train_function: what to run (default ``virtex_train.pretrain.run_pretraining``).
+        collective_timeout_s: exported as ``VIRTEX_COLLECTIVE_TIMEOUT_S`` (None: left as is).
+        max_peer_failures: ``scontrol requeue`` after a failed collective at most this many
+            times per job (:meth:`requeue_after_peer_failure`).
     """
 
     def __init__(
@@ -317,10 +337,15 @@ class TrainJob:
         config: ExperimentConfig,
         output_dir: Path,
         train_function: TrainFunction | None = None,
+        *,
+        collective_timeout_s: float | None = None,
+        max_peer_failures: int = 3,
     ) -> None:
         self.config = config
         self.output_dir = Path(output_dir)
         self.train_function = train_function
+        self.collective_timeout_s = collective_timeout_s
+        self.max_peer_failures = max_peer_failures
         self._signalled = False
         self._phase: Literal["setup", "running", "done"] = "setup"
 
@@ -329,22 +354,82 @@ class TrainJob:
             "config": self.config,
             "output_dir": self.output_dir,
             "train_function": self.train_function,
+            "collective_timeout_s": self.collective_timeout_s,
+            "max_peer_failures": self.max_peer_failures,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.config = state["config"]
         self.output_dir = state["output_dir"]
         self.train_function = state["train_function"]
+        # Jobs pickled before these existed (a requeue across an upgrade) get the defaults.
+        self.collective_timeout_s = state.get("collective_timeout_s")
+        self.max_peer_failures = state.get("max_peer_failures", 3)
         self._signalled = False
         self._phase = "setup"
+
+    def _copy(self) -> TrainJob:
+        return TrainJob(
+            self.config,
+            self.output_dir,
+            self.train_function,
+            collective_timeout_s=self.collective_timeout_s,
+            max_peer_failures=self.max_peer_failures,
+        )
 
     def checkpoint(self) -> Any:
         """What submitit requeues: the same job (the run directory holds the progress)."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(
-            TrainJob(self.config, self.output_dir, self.train_function)
+        return submitit.helpers.DelayedSubmission(self._copy())
+
+    def requeue_after_peer_failure(self, error: BaseException) -> bool:
+        """After a failed collective in a Slurm job: ``scontrol requeue`` the job, once per
+        attempt whichever rank asks first, at most ``max_peer_failures`` times per job.
+
+        The requeue ends every task (a stalled one included) and the job resumes from its
+        latest checkpoint. Each request is a file ``OUT/slurm/peer_failures/<job>.<restart>``
+        made with O_EXCL, so two ranks that fail together requeue once.
+
+        Returns:
+            True when this job is being requeued (by this rank or another): the caller waits to
+            be ended. False outside Slurm or when the limit is reached.
+        """
+        job_id = os.environ.get("SLURM_JOB_ID")
+        if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or job_id is None:
+            return False
+        restart = os.environ.get("SLURM_RESTART_COUNT", "0")
+        folder = self.output_dir / "slurm" / "peer_failures"
+        folder.mkdir(parents=True, exist_ok=True)
+        earlier = [path for path in folder.glob(f"{job_id}.*") if path.suffix != f".{restart}"]
+        rank = os.environ.get("RANK", "?")
+        if len(earlier) >= self.max_peer_failures:
+            print(
+                f"rank {rank}: a collective failed ({error}); not requeueing job {job_id}: "
+                f"max_peer_failures={self.max_peer_failures} reached",
+                file=sys.stderr,
+                flush=True,
+            )
+            return False
+        try:
+            with (folder / f"{job_id}.{restart}").open("x") as request:
+                request.write(f"rank {rank}: {error}\n")
+        except FileExistsError:
+            return True  # another rank of this attempt asked first
+        print(
+            f"rank {rank}: a collective failed ({error}); requeueing job {job_id} "
+            f"(peer failure {len(earlier) + 1} of at most {self.max_peer_failures})",
+            file=sys.stderr,
+            flush=True,
         )
+        scontrol = shutil.which("scontrol") or "scontrol"
+        result = subprocess.run(
+            [scontrol, "requeue", job_id], capture_output=True, text=True, check=False, timeout=60
+        )
+        if result.returncode != 0:
+            print(f"scontrol requeue {job_id} failed: {result.stderr.strip()}", file=sys.stderr)
+            return False
+        return True
 
     def __call__(self) -> Path:
         import submitit
@@ -365,9 +450,21 @@ class TrainJob:
                 requeue(signum, frame)  # nothing new to save yet: requeue right away
 
         signal.signal(usr_signal, on_usr_signal)
+        if self.collective_timeout_s is not None:
+            from virtex_train.distributed import COLLECTIVE_TIMEOUT_ENV
+
+            os.environ[COLLECTIVE_TIMEOUT_ENV] = str(self.collective_timeout_s)
         train = self.train_function or _default_train_function()
         self._phase = "running"
-        result = train(self.config, self.output_dir, resume=True)
+        try:
+            result = train(self.config, self.output_dir, resume=True)
+        except Exception as error:
+            from virtex_train.distributed import is_peer_failure
+
+            distributed = int(os.environ["WORLD_SIZE"]) > 1
+            if distributed and is_peer_failure(error) and self.requeue_after_peer_failure(error):
+                time.sleep(_REQUEUE_GRACE_S)  # the requeue ends this task
+            raise
         self._phase = "done"
 
         if rank == 0:
@@ -411,7 +508,14 @@ def submit(
     check_batch_split(config, resources.world_size)
     output_dir = Path(output_dir).resolve()
     executor = make_executor(output_dir, resources, cluster=cluster)
-    return executor.submit(TrainJob(config, output_dir, train_function))
+    job = TrainJob(
+        config,
+        output_dir,
+        train_function,
+        collective_timeout_s=resources.collective_timeout_s,
+        max_peer_failures=resources.max_peer_failures,
+    )
+    return executor.submit(job)
 
 
 def check_batch_split(config: ExperimentConfig, world_size: int) -> None:
@@ -495,6 +599,21 @@ def _parse_extra(values: Sequence[str]) -> dict[str, str]:
     help="Requeues after a time-out before giving up (preemptions always requeue).",
 )
 @click.option(
+    "--collective-timeout",
+    "collective_timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds a collective waits for a stalled peer before the job requeues itself "
+    "(default: $VIRTEX_COLLECTIVE_TIMEOUT_S, else 300).",
+)
+@click.option(
+    "--max-peer-failures",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Requeues after a collective failed (a peer stalled or died) before giving up.",
+)
+@click.option(
     "--setup",
     multiple=True,
     help="Shell line run before the tasks start, e.g. 'module load cuda' (repeatable).",
@@ -527,6 +646,8 @@ def submit_command(
     job_name: str | None,
     signal_delay_s: int,
     max_timeouts: int,
+    collective_timeout_s: float | None,
+    max_peer_failures: int,
     setup: tuple[str, ...],
     slurm_args: tuple[str, ...],
     dry_run: bool,
@@ -568,6 +689,8 @@ def submit_command(
             job_name=job_name or f"virtex-{output_dir.name}",
             signal_delay_s=signal_delay_s,
             max_timeouts=max_timeouts,
+            collective_timeout_s=collective_timeout_s,
+            max_peer_failures=max_peer_failures,
             setup=setup,
             extra=_parse_extra(slurm_args),
         )
