@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 
 from virtex_data import __version__
+from virtex_data.errors import OneLineErrors, check_writable
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="virtex-data")
 def main() -> None:
-    """Prepare data for VirTex: vocabularies, LMDB files, the built-in captioned dataset."""
+    """Prepare data for VirTex: vocabularies, LMDB files, the built-in captioned dataset.
+
+    Expected failures print one line, `Error: <what>, <file or key>`, and exit with status 1;
+    `virtex-data --debug ...` or VIRTEX_DEBUG=1 prints the traceback instead.
+    """
 
 
 @main.command("build-vocab")
@@ -56,6 +62,7 @@ def build_vocab(
     from virtex_data.tokenizer import CaptionTokenizer
 
     caption_files = caption_files + more_files
+    check_writable(Path(output).absolute().parent)
     captions: list[str] = []
     for path in caption_files:
         for image in read_captions(path).images:
@@ -92,20 +99,42 @@ def build_vocab(
     show_default=True,
     help="Image file format.",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace a previous synth dataset in OUTDIR (and its LMDB files and tokenizer.json).",
+)
 def synth(
-    outdir: str, train: int, val: int, size: int, seed: int, workers: int | None, image_format: str
+    outdir: str,
+    train: int,
+    val: int,
+    size: int,
+    seed: int,
+    workers: int | None,
+    image_format: str,
+    overwrite: bool,
 ) -> None:
     """Generate the built-in captioned dataset of shapes into OUTDIR.
 
     Writes train/ and val/ images and annotations/{captions,instances,attributes}_{train,val}.json
     (COCO captions, COCO instances with polygons, per-image probe labels).
 
+    OUTDIR must be empty or new. --overwrite replaces a previous synth dataset there and removes
+    what was derived from it (*.lmdb files, tokenizer.json), so nothing stale remains; folders
+    that hold anything else are refused.
+
     \b
     Example:
       virtex-data synth data/synth --train 20000 --val 2000 --size 64
     """
-    from virtex_data.synth import generate
+    from virtex_data.synth import clear_previous, generate
 
+    if Path(outdir).is_dir():  # a read-only folder fails here, before anything is removed
+        check_writable(outdir)
+    removed = clear_previous(outdir, overwrite)
+    check_writable(outdir)
+    if removed:
+        click.echo(f"removed the previous dataset: {', '.join(p.name for p in removed)}")
     start = time.perf_counter()
     counts = generate(
         outdir,
@@ -169,9 +198,12 @@ def build_lmdb_command(
       virtex-data build-lmdb --captions annotations/captions_train2017.json \\
           --images train2017 --output coco_train2017.lmdb --workers 8
     """
+    import lmdb
+
     from virtex_data.lmdb_writer import BuildError, build_lmdb
     from virtex_data.tokenizer import CaptionTokenizer
 
+    check_writable(Path(output).absolute().parent)
     sha = CaptionTokenizer.from_file(tokenizer).sha256 if tokenizer else None
     start = time.perf_counter()
     try:
@@ -187,6 +219,8 @@ def build_lmdb_command(
         )
     except (BuildError, FileExistsError, ValueError) as error:
         raise click.ClickException(str(error)) from error
+    except lmdb.Error as error:  # ENOSPC inside LMDB arrives as lmdb.DiskError/MapFullError
+        raise click.ClickException(f"could not write {output}: {error}") from None
     seconds = time.perf_counter() - start
     click.echo(
         f"wrote {manifest.count} records to {output} in {seconds:.1f} s; skipped "

@@ -261,6 +261,12 @@ def _run(
     target = _TARGETS[config.model.kind]
     train_set = build_dataset(config.data, "train", target, tokenizer)  # type: ignore[arg-type]
     val_set = build_dataset(config.data, "val", target, tokenizer)  # type: ignore[arg-type]
+    if len(train_set) // env.world_size < per_rank:  # drop_last: not a single batch
+        raise PretrainError(
+            f"train.batch_size={train_cfg.batch_size} is larger than the training data: "
+            f"data.train_lmdb {config.data.train_lmdb} holds {len(train_set)} images"
+            + (f" for {env.world_size} ranks" if env.world_size > 1 else "")
+        )
     spec = ModelSpec(config.model, vocab_spec(tokenizer), train_set.num_classes)
     objective = spec.build().to(device)
     if train_cfg.channels_last:
