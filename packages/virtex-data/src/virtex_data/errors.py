@@ -23,11 +23,14 @@ import click
 __all__ = [
     "DEBUG_ENV",
     "OneLineErrors",
+    "add_checks",
     "brief",
     "check_device",
     "check_writable",
     "debug_enabled",
     "device_option_callback",
+    "output_dir_callback",
+    "output_file_callback",
     "one_line",
 ]
 
@@ -180,6 +183,45 @@ def _available_devices() -> Sequence[str]:
     if mps is not None and mps.is_available():
         devices.append("mps")
     return devices
+
+
+def output_file_callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """``callback=`` for output-file options: the file's folder must be writable, at parse time
+    (before a model is loaded or any image is read)."""
+    if value is not None and value != "-":
+        check_writable(Path(value).absolute().parent, f"folder of {param.opts[-1]} {value}")
+    return value
+
+
+def output_dir_callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """``callback=`` for output-folder options: created if needed and writable, at parse time."""
+    if value is not None:
+        check_writable(value, f"{param.opts[-1]} {value}")
+    return value
+
+
+#: Option names :func:`add_checks` recognises.
+_OUTPUT_FILES = ("output", "out")
+_OUTPUT_DIRS = ("output_dir",)
+
+
+def add_checks(command: click.Command) -> click.Command:
+    """Give ``command``'s ``--device`` and output options their parse-time checks.
+
+    ``--device``: :func:`check_device`; ``--output``/``--out``: the folder is writable;
+    ``--output-dir``: created and writable. Options that have a callback keep it. Applied by each
+    package's command group to every command it registers, so the commands need not repeat it.
+    """
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.callback is not None:
+            continue
+        if param.name == "device":
+            param.callback = device_option_callback
+        elif param.name in _OUTPUT_FILES:
+            param.callback = output_file_callback
+        elif param.name in _OUTPUT_DIRS:
+            param.callback = output_dir_callback
+    return command
 
 
 def device_option_callback(

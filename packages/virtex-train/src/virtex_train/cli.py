@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import click
-from virtex_data.errors import OneLineErrors, check_writable, device_option_callback
 
+from virtex_data.errors import OneLineErrors, check_writable, device_option_callback
 from virtex_train import __version__
 from virtex_train.slurm import submit_command
 
