@@ -151,8 +151,8 @@ def check_writable(path: str | os.PathLike[str], what: str = "output folder") ->
 def check_device(device: str | None, option: str = "--device") -> str | None:
     """Check that ``device`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ``auto``/``None``) exists.
 
-    Returns ``device`` unchanged. Raises ``click.BadParameter`` (one line) naming the device and
-    what this machine has, instead of torch's traceback ending in "Found no NVIDIA driver".
+    Returns ``device`` unchanged. Raises ``click.ClickException`` (one line) naming the device
+    and what this machine has, instead of torch's traceback ending in "Found no NVIDIA driver".
     """
     if device is None or device in ("auto", "cpu"):
         return device
@@ -167,9 +167,9 @@ def check_device(device: str | None, option: str = "--device") -> str | None:
     elif kind == "mps" and "mps" in available:
         return device
     note = "; this torch is a CPU-only build" if torch.version.cuda is None else ""
-    raise click.BadParameter(
-        f"{device} is not available on this machine (available: {', '.join(available)}{note})",
-        param_hint=f"'{option}'",
+    raise click.ClickException(
+        f"{option} {device}: not available on this machine (available: "
+        f"{', '.join(available)}{note})"
     )
 
 

@@ -104,7 +104,9 @@ def pretrain_command(
     try:
         config = load_config(config_path, overrides)
     except ConfigError as error:
-        raise click.UsageError(str(error)) from None
+        if str(error).startswith("override"):  # a KEY=VALUE of this command line
+            raise click.UsageError(str(error)) from None
+        raise click.ClickException(str(error)) from None  # the file: one line, exit 1
     if output_dir is None:
         output_dir = f"runs/{Path(config_path).stem if config_path else 'quickstart'}"
     try:
