@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from virtex_data.errors import OneLineErrors, check_writable, device_option_callback
+from virtex_data.errors import OneLineErrors, check_writable, device_option_callback, one_line
 from virtex_train import __version__
 from virtex_train.slurm import submit_command
 
@@ -127,7 +127,7 @@ def pretrain_command(
             config, output_dir, resume=resume, device=device, progress=not no_progress
         )
     except (PretrainError, CheckpointError, NonFiniteLossError) as error:
-        raise click.ClickException(str(error)) from None
+        raise click.ClickException(one_line(error)) from None
     except FileNotFoundError as error:
         raise click.ClickException(f"{error.filename}: {error.strerror}") from None
     out = result.output_dir

@@ -141,6 +141,9 @@ def _check_state_fits(
             sampler.load_state_dict(checkpoint["sampler"])
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as error:
         message = str(error) if not isinstance(error, KeyError) else f"missing {error}"
+        message = message.replace(f"{source} ", "")  # named once, below
+        if len(message) > 300:  # a whole model of shape mismatches: the first few say enough
+            message = message[:297] + "..."
         raise PretrainError(
             f"cannot resume from {source}: its state does not fit this config ({message}); "
             "the run directory is unchanged"
