@@ -236,7 +236,7 @@ def test_resume_of_a_finished_run_leaves_no_stray_file(
         assert result.exit_code == 0, result.output
     # Nothing new: no .final.pt.tmp-<pid>, no lock, no write probe (metrics/tb may be rewritten).
     assert sorted(_snapshot(run)) == names
-    assert not [p for p in run.rglob(".*")], list(run.rglob(".*"))
+    assert not list(run.rglob(".*")), list(run.rglob(".*"))
 
 
 def test_finalize_twice_on_the_same_file_leaves_one_name(tmp_path: Path) -> None:
@@ -311,7 +311,7 @@ def test_broken_inputs_are_one_line_errors_naming_the_file(
             main, ["pretrain", str(config), *overrides, "-o", str(out), "--no-progress"]
         )
         _one_line_error(result, *needles[name])
-        assert not [p for p in out.rglob("*")], name  # nothing written
+        assert not list(out.rglob("*")), name  # nothing written
 
 
 def test_debug_shows_the_traceback(setup: tuple[Path, Path], tmp_path: Path) -> None:
