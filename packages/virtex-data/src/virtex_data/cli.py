@@ -21,6 +21,19 @@ def main() -> None:
     """
 
 
+def _free(folder: Path) -> str:
+    import shutil
+
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free there"
+    except OSError:
+        return "free space unknown"
+
+
+def _not_utf8(path: str, error: UnicodeDecodeError) -> str:
+    return f"{path}: not UTF-8 text (byte {error.start}); caption files must be UTF-8"
+
+
 @main.command("build-vocab")
 @click.option(
     "--captions",
@@ -65,7 +78,11 @@ def build_vocab(
     check_writable(Path(output).absolute().parent)
     captions: list[str] = []
     for path in caption_files:
-        for image in read_captions(path).images:
+        try:
+            images = read_captions(path).images
+        except UnicodeDecodeError as error:
+            raise click.ClickException(_not_utf8(path, error)) from None
+        for image in images:
             captions.extend(image.captions)
     if not captions:
         raise click.ClickException("no captions found in " + ", ".join(caption_files))
@@ -136,15 +153,20 @@ def synth(
     if removed:
         click.echo(f"removed the previous dataset: {', '.join(p.name for p in removed)}")
     start = time.perf_counter()
-    counts = generate(
-        outdir,
-        train=train,
-        val=val,
-        size=size,
-        seed=seed,
-        workers=workers,
-        image_format=image_format,
-    )
+    try:
+        counts = generate(
+            outdir,
+            train=train,
+            val=val,
+            size=size,
+            seed=seed,
+            workers=workers,
+            image_format=image_format,
+        )
+    except OSError as error:
+        if error.filename is None:  # Pillow's write errors do not say which file
+            error.filename = outdir
+        raise
     click.echo(
         f"wrote {counts['train']} train and {counts['val']} val images of {size} px to {outdir} "
         f"in {time.perf_counter() - start:.1f} s"
@@ -217,10 +239,14 @@ def build_lmdb_command(
             tokenizer_sha256=sha,
             overwrite=overwrite,
         )
+    except UnicodeDecodeError as error:  # the caption file (images are read as bytes)
+        raise click.ClickException(_not_utf8(captions, error)) from None
     except (BuildError, FileExistsError, ValueError) as error:
         raise click.ClickException(str(error)) from error
-    except lmdb.Error as error:  # ENOSPC inside LMDB arrives as lmdb.DiskError/MapFullError
-        raise click.ClickException(f"could not write {output}: {error}") from None
+    except lmdb.Error as error:  # a full disk reaches LMDB as EIO/ENOSPC: say what was free
+        raise click.ClickException(
+            f"could not write {output}: {error} ({_free(Path(output).absolute().parent)})"
+        ) from None
     seconds = time.perf_counter() - start
     click.echo(
         f"wrote {manifest.count} records to {output} in {seconds:.1f} s; skipped "
