@@ -201,7 +201,7 @@ def output_dir_callback(ctx: click.Context, param: click.Parameter, value: Any) 
 
 
 #: Option names :func:`add_checks` recognises.
-_OUTPUT_FILES = ("output", "out")
+_OUTPUT_FILES = ("output", "out", "metrics_path", "per_image_path", "predictions_path", "save")
 _OUTPUT_DIRS = ("output_dir",)
 
 
