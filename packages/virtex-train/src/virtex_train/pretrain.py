@@ -145,8 +145,7 @@ def _check_state_fits(
         if len(message) > 300:  # a whole model of shape mismatches: the first few say enough
             message = message[:297] + "..."
         raise PretrainError(
-            f"cannot resume from {source}: its state does not fit this config ({message}); "
-            "the run directory is unchanged"
+            f"cannot resume: {source}: {message} (the run directory is unchanged)"
         ) from None
 
 
