@@ -107,11 +107,14 @@ def test_a_second_lock_names_the_holder_and_release_frees_it(tmp_path: Path) -> 
         pass
 
 
-def _write_lock(folder: Path, host: str, pid: int, job: str | None = None, age: float = 0) -> Path:
+def _write_lock(
+    folder: Path, host: str, pid: int, job: str | None = None, age: float = 0, restart: int = 0
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     started = time.time() - age
     record = {"host": host, "pid": pid, "slurm_job_id": job, "started": started, "token": "t0"}
+    record["slurm_restart"] = restart
     path.write_text(json.dumps(record))
     os.utime(path, (started, started))
     return path
@@ -156,13 +159,19 @@ def test_the_heartbeat_keeps_a_live_lock_fresh(tmp_path: Path) -> None:
 def test_a_requeued_slurm_job_takes_over_its_own_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _write_lock(tmp_path, "node-before-requeue", 4242, job="777", age=1)
+    _write_lock(tmp_path, "node-before-requeue", 4242, job="777", age=1, restart=1)
     monkeypatch.setenv("SLURM_JOB_ID", "778")  # another job: refused
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
     with pytest.raises(RunLockedError, match="Slurm job 777"):
         RunLock(tmp_path).acquire()
-    monkeypatch.setenv("SLURM_JOB_ID", "777")  # the same job, requeued: takes over
+    monkeypatch.setenv("SLURM_JOB_ID", "777")  # the same job, not requeued (salloc): refused
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with pytest.raises(RunLockedError, match="Slurm job 777"):
+        RunLock(tmp_path).acquire()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")  # the same job, requeued: takes over
     with RunLock(tmp_path) as lock:
         assert lock.holder is not None and lock.holder.slurm_job_id == "777"
+        assert lock.holder.slurm_restart == 2
 
 
 def test_release_leaves_a_lock_that_another_run_took_over(tmp_path: Path) -> None:

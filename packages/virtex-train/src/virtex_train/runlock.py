@@ -16,8 +16,10 @@ A lock is *stale*, and taken over, when
 - its heartbeat is older than ``lease_s`` (another host, which cannot check the pid), measured
   with the file system's own clock (the mtime of a probe file written next to it), so clock
   skew between nodes does not matter;
-- it names the Slurm job id this process runs under: a requeued job (preemption, timeout) is the
-  same run continuing, usually on another node, while the old node's heartbeat may look fresh.
+- it names the Slurm job id this process runs under, with a lower ``SLURM_RESTART_COUNT``: a
+  requeued job (preemption, time-out) is the same run continuing, usually on another node, while
+  the old node's heartbeat may look fresh. Two runs started in one allocation (``salloc``) share
+  the job id but not a restart count apart, so they still exclude each other.
 
 Taking over renames the stale file to a unique name (one contender wins the rename), checks that
 what it moved is the file it judged stale (same token), and creates a new lock exclusively.
@@ -57,6 +59,7 @@ class LockHolder:
         slurm_job_id: ``SLURM_JOB_ID`` of the holder (``None`` outside Slurm).
         started: ``time.time()`` at acquisition.
         token: random, distinguishes two holders with equal host/pid over time.
+        slurm_restart: ``SLURM_RESTART_COUNT`` of the holder (0 before any requeue).
     """
 
     host: str
@@ -64,6 +67,7 @@ class LockHolder:
     slurm_job_id: str | None
     started: float
     token: str
+    slurm_restart: int = 0
 
     @classmethod
     def me(cls) -> LockHolder:
@@ -73,6 +77,7 @@ class LockHolder:
             slurm_job_id=os.environ.get("SLURM_JOB_ID") or None,
             started=time.time(),
             token=secrets.token_hex(8),
+            slurm_restart=_restart_count(),
         )
 
     @classmethod
@@ -86,6 +91,7 @@ class LockHolder:
                 slurm_job_id=None if raw.get("slurm_job_id") is None else str(raw["slurm_job_id"]),
                 started=float(raw["started"]),
                 token=str(raw["token"]),
+                slurm_restart=int(raw.get("slurm_restart") or 0),
             )
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             return None
@@ -94,6 +100,11 @@ class LockHolder:
         job = f", Slurm job {self.slurm_job_id}" if self.slurm_job_id else ""
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
         return f"host {self.host}, pid {self.pid}{job}, since {since}"
+
+
+def _restart_count() -> int:
+    value = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return int(value) if value.isdigit() else 0
 
 
 def _pid_alive(pid: int) -> bool:
@@ -222,7 +233,7 @@ class RunLock:
         if current is None:  # unreadable: a crash between create and write, or garbage
             return "unreadable" if self._age() > self.heartbeat_s else None
         job = os.environ.get("SLURM_JOB_ID")
-        if job and current.slurm_job_id == job and current.pid != os.getpid():
+        if job and current.slurm_job_id == job and _restart_count() > current.slurm_restart:
             return "requeued Slurm job"
         if current.host == socket.gethostname() and not _pid_alive(current.pid):
             return "process gone"
