@@ -329,7 +329,11 @@ def test_debug_shows_the_traceback(setup: tuple[Path, Path], tmp_path: Path) -> 
     args += ["-o", str(tmp_path / "r")]
     result = CliRunner().invoke(main, ["--debug", *args])
     assert result.exit_code == 1 and isinstance(result.exception, ValueError)
-    os.environ.pop("VIRTEX_DEBUG", None)  # --debug sets it for the process
+    result = CliRunner().invoke(main, [*args, "--debug"])  # after the subcommand too
+    assert result.exit_code == 1 and isinstance(result.exception, ValueError)
+    assert "VIRTEX_DEBUG" not in os.environ  # this invocation only
+    quiet = CliRunner().invoke(main, args)
+    assert quiet.exit_code == 1 and "Traceback" not in quiet.output
     result = CliRunner().invoke(main, args, env={"VIRTEX_DEBUG": "1"})
     assert isinstance(result.exception, ValueError)
 

@@ -87,7 +87,8 @@ def one_line(error: BaseException) -> str:
 class OneLineErrors(click.Group):
     """A click group whose commands' exceptions print as one ``Error:`` line (exit 1).
 
-    Adds a ``--debug`` option to the group (tracebacks, as ``VIRTEX_DEBUG=1`` does).
+    Adds a ``--debug`` option to the group (tracebacks, as ``VIRTEX_DEBUG=1`` does), also
+    accepted after the subcommand.
     ``click`` errors (usage, ``ClickException``), ``SystemExit`` and ``KeyboardInterrupt`` pass
     through unchanged.
     """
@@ -105,13 +106,22 @@ class OneLineErrors(click.Group):
             )
         )
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # --debug is accepted after the subcommand too (`virtex-train pretrain ... --debug`).
+        end = args.index("--") if "--" in args else len(args)
+        if "--debug" in args[1:end]:
+            position = args.index("--debug", 1)
+            args = [*args[:position], *args[position + 1 :]]
+            ctx.meta[_DEBUG_KEY] = True
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as error:
-            if debug_enabled():
+            if ctx.meta.get(_DEBUG_KEY) or debug_enabled():
                 raise
             context = getattr(error, "__notes__", None)
             message = one_line(error)
@@ -120,9 +130,12 @@ class OneLineErrors(click.Group):
             raise click.ClickException(message) from None
 
 
+_DEBUG_KEY = "virtex.debug"  # in ctx.meta: this invocation only, not the process environment
+
+
 def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if value:
-        os.environ[DEBUG_ENV] = "1"
+        ctx.meta[_DEBUG_KEY] = True
 
 
 def check_writable(path: str | os.PathLike[str], what: str = "output folder") -> Path:
