@@ -164,8 +164,13 @@ mount -t tmpfs -o size=64k tmpfs "$1"
 """
 
 
+@pytest.mark.slow  # two interpreters importing torch: 20-35 s on 2 shared cores
 def test_a_real_full_disk_is_one_line(tmp_path: Path) -> None:
-    """A 64 KiB tmpfs in a private mount namespace (skipped where unshare is not allowed)."""
+    """A 64 KiB tmpfs in a private mount namespace (skipped where unshare is not allowed).
+
+    The fast tests above simulate the same errors; this one checks what LMDB and Pillow really
+    raise on a full disk (LMDB: ``mdb_txn_commit: Input/output error``).
+    """
     if shutil.which("unshare") is None:
         pytest.skip("no unshare")
     probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
