@@ -252,6 +252,18 @@ def test_config_errors_never_print_an_unbounded_value() -> None:
     assert len(brief(bomb)) <= 80
 
 
+def test_an_unexpected_error_is_one_line_with_its_type_and_the_debug_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import virtex_data.synth as synth
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise AttributeError("'NoneType' object has no attribute 'size'")
+
+    monkeypatch.setattr(synth, "generate", broken)
+    _one_line_error(_synth(tmp_path / "s"), "AttributeError: 'NoneType'", "--debug")
+
+
 def test_one_line_names_the_file_of_an_os_error() -> None:
     error = OSError(errno.ELOOP, os.strerror(errno.ELOOP), "runs/x/loop")
     assert one_line(error) == f"{os.strerror(errno.ELOOP)}: runs/x/loop"

@@ -47,6 +47,11 @@ _BRIEF.maxlist = _BRIEF.maxtuple = _BRIEF.maxdict = _BRIEF.maxset = 4
 _BRIEF.maxstring = _BRIEF.maxother = _BRIEF.maxlong = 60
 
 
+#: Exception types that report bad input or a bad environment (files, values, formats); any
+#: other type escaping a command is more likely a bug and is printed with its type name.
+_EXPECTED = (OSError, ValueError, RuntimeError, LookupError, EOFError, MemoryError)
+
+
 def brief(value: Any) -> str:
     """A ``repr`` of ``value`` of at most ~80 characters whose cost does not grow with it."""
     text = _BRIEF.repr(value)
@@ -78,7 +83,7 @@ def one_line(error: BaseException) -> str:
         text = str(error) or type(error).__name__
         if isinstance(error, KeyError) and error.args:
             text = f"missing key {brief(error.args[0])}"
-        if not isinstance(error, OSError | ValueError | RuntimeError | LookupError | EOFError):
+        if not isinstance(error, _EXPECTED):
             text = f"{type(error).__name__}: {text}"
     text = " ".join(part.strip() for part in text.splitlines() if part.strip())
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
@@ -127,6 +132,8 @@ class OneLineErrors(click.Group):
             message = one_line(error)
             if context:
                 message = f"{message} ({'; '.join(map(str, context))})"
+            if not isinstance(error, _EXPECTED):  # likely a bug: say how to see where
+                message += " (unexpected: rerun with --debug for the traceback)"
             raise click.ClickException(message) from None
 
 
