@@ -211,6 +211,53 @@ def test_two_trainings_into_one_folder_the_second_stops_naming_the_first(
         holder.wait()
 
 
+_RANK = """
+import sys
+from virtex_train.config import load_config
+from virtex_train.pretrain import pretrain
+try:
+    pretrain(load_config(sys.argv[1]), sys.argv[2], device="cpu", progress=False,
+             handle_signals=False)
+    print("ran")
+except Exception as error:
+    print(type(error).__name__, error)
+"""
+
+
+def test_a_refused_lock_stops_every_rank_not_only_rank_0(
+    setup: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Two gloo ranks into a held directory: both stop at once (rank 1 must not wait in DDP)."""
+    config, _ = setup
+    out = tmp_path / "run"
+    held = RunLock(out)
+    held.acquire()
+    port = 29500 + os.getpid() % 1000
+    ranks = []
+    for rank in (0, 1):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank)}
+        env.update(
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PYTHONPATH=os.pathsep.join(sys.path)
+        )
+        ranks.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _RANK, str(config), str(out)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+        )
+    try:
+        outputs = [process.communicate(timeout=150)[0].strip() for process in ranks]
+    finally:
+        for process in ranks:
+            process.kill()
+        held.release()
+    assert outputs[0].startswith("RunLockedError") and f"pid {os.getpid()}" in outputs[0]
+    assert outputs[1].startswith("PretrainError") and "rank 0 could not take" in outputs[1]
+
+
 # ----------------------------------------------------------------------------- resume
 def test_resume_with_another_optimizer_writes_nothing_and_stays_resumable(
     setup: tuple[Path, Path], tmp_path: Path

@@ -38,7 +38,7 @@ from virtex_train.config import ExperimentConfig
 from virtex_train.hooks import CheckpointHook, LoggingHook, RunLog, ValidationHook
 from virtex_train.optim import build_optimizer, lr_factor
 from virtex_train.precision import resolve_precision
-from virtex_train.runlock import RunLock
+from virtex_train.runlock import RunLock, RunLockedError
 from virtex_train.trainer import Trainer
 
 __all__ = ["PretrainError", "RunResult", "pretrain", "run_pretraining"]
@@ -226,8 +226,19 @@ def _pretrain(
     # Rank 0 holds the run directory for the whole run: a second run into it stops here, naming
     # the holder, before it reads or writes anything there.
     lock = RunLock(output_dir) if env.is_main else None
+    refused: Exception | None = None
     if lock is not None:
-        lock.acquire()
+        try:
+            lock.acquire()
+        except (RunLockedError, OSError) as error:
+            refused = error
+    # Every rank learns rank 0's answer: the others must not wait in DDP's first collective
+    # until a timeout (srun does not end the other tasks when one fails).
+    flag = torch.tensor([1.0 if refused is not None else 0.0], device=device)
+    if distributed.all_reduce_max(flag).item() > 0:
+        if refused is not None:
+            raise refused
+        raise PretrainError(f"{output_dir}: rank 0 could not take the run directory's lock")
     try:
         return _run(config, output_dir, env, device, resume, progress, handle_signals, per_rank)
     finally:
