@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 from torch.utils.data import DataLoader
 
 from virtex_data import CaptionTokenizer, DataConfig, build_dataset
@@ -154,8 +155,6 @@ def _saved_optim_kind(checkpoint: dict[str, Any]) -> str | None:
     if not isinstance(text, str):
         return None
     try:
-        import yaml
-
         kind = (yaml.safe_load(text) or {}).get("optim", {}).get("kind", "sgd")
     except Exception:  # an unreadable saved config: the state check below still runs
         return None
