@@ -121,6 +121,42 @@ def test_read_only_output_folder_is_refused(tmp_path: Path) -> None:
         folder.chmod(0o755)
 
 
+_READ_ONLY = """
+set -e
+mount --bind "$1" "$1" && mount -o remount,ro,bind "$1"
+"$2" -m virtex_data synth "$1/s" --train 4 --val 2 || echo "exit $?"
+"$2" -m virtex_data build-lmdb --captions "$3" --images "$1" --output "$1/x.lmdb" || echo "exit $?"
+"""
+
+
+def test_a_read_only_file_system_is_refused_even_for_root(tmp_path: Path) -> None:
+    """A read-only bind mount in a private mount namespace (skipped where not permitted)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare")
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare -m is not permitted here")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    captions = tmp_path / "c.jsonl"
+    captions.write_text('{"image": "a.png", "caption": "a cat"}\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", _READ_ONLY, "sh", str(folder), sys.executable, str(captions)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    if "mount:" in result.stderr:
+        pytest.skip(f"cannot bind-mount: {result.stderr.strip()}")
+    assert "Traceback" not in result.stderr
+    assert result.stdout.count("exit 1") == 2, (result.stdout, result.stderr)
+    lines = re.findall(r"Error: .*", result.stderr)
+    assert len(lines) == 2 and all("Read-only file system" in line for line in lines), lines
+    assert str(folder / "s") in lines[0] and str(folder) in lines[1]
+    assert list(folder.iterdir()) == []
+
+
 def test_a_full_disk_during_synth_is_one_line_naming_the_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
