@@ -59,7 +59,7 @@ def test_synth_refuses_a_non_empty_folder_and_overwrite_removes_what_was_derived
     out = tmp_path / "synth"
     assert _synth(out).exit_code == 0
     # What the quickstart derives next to the images: tokenizer and LMDB files.
-    for name in ("tokenizer.json", "train.lmdb", "train.lmdb-lock", "val.lmdb"):
+    for name in ("tokenizer.json", "train.lmdb", "train.lmdb-lock", "val.lmdb.partial"):
         (out / name).write_text("derived from the first dataset")
     before = _snapshot(out)
 

@@ -376,7 +376,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 #: What ``generate`` writes into its folder, and what the quickstart derives there.
 _SYNTH_OUTPUTS = ("train", "val", "annotations")
-_DERIVED_SUFFIXES = (".lmdb", ".lmdb-lock")
+# LMDB files, their lock files and what an interrupted build-lmdb left (``.lmdb.partial``).
+_DERIVED_SUFFIXES = (".lmdb", ".lmdb-lock", ".lmdb.partial", ".lmdb.partial-lock")
 _DERIVED_NAMES = ("tokenizer.json",)
 _DESCRIPTION = "virtex built-in synthetic shapes"
 
