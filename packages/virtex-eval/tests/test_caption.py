@@ -160,7 +160,7 @@ def test_missing_tokenizer_and_bad_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no 'tokenizer' entry"):
         load_captioner(without)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="junk.pt: cannot read checkpoint"):
+    with pytest.raises(ValueError, match="junk.pt: not a PyTorch checkpoint"):
         load_captioner(tmp_path / "junk.pt")
     with pytest.raises(ValueError, match="gone.pt: no such checkpoint"):
         load_captioner(tmp_path / "gone.pt")

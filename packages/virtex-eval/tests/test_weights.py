@@ -104,7 +104,7 @@ def test_checkpoint_of_another_kind_is_named_with_a_hint(tmp_path: Path) -> None
         load_backbone(f"torchvision:{original}")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a torch file")
-    with pytest.raises(ValueError, match=r"junk\.pt: cannot read"):
+    with pytest.raises(ValueError, match=r"junk\.pt: not a PyTorch checkpoint"):
         load_backbone(str(junk))
 
 

@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 
 from virtex_data import __version__
+from virtex_data.errors import OneLineErrors, check_writable
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="virtex-data")
 def main() -> None:
-    """Prepare data for VirTex: vocabularies, LMDB files, the built-in captioned dataset."""
+    """Prepare data for VirTex: vocabularies, LMDB files, the built-in captioned dataset.
+
+    Expected failures print one line, `Error: <what>, <file or key>`, and exit with status 1;
+    `virtex-data --debug ...` or VIRTEX_DEBUG=1 prints the traceback instead.
+    """
+
+
+def _free(folder: Path) -> str:
+    import shutil
+
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free there"
+    except OSError:
+        return "free space unknown"
+
+
+def _not_utf8(path: str, error: UnicodeDecodeError) -> str:
+    return f"{path}: not UTF-8 text (byte {error.start}); caption files must be UTF-8"
 
 
 @main.command("build-vocab")
@@ -56,9 +75,14 @@ def build_vocab(
     from virtex_data.tokenizer import CaptionTokenizer
 
     caption_files = caption_files + more_files
+    check_writable(Path(output).absolute().parent)
     captions: list[str] = []
     for path in caption_files:
-        for image in read_captions(path).images:
+        try:
+            images = read_captions(path).images
+        except UnicodeDecodeError as error:
+            raise click.ClickException(_not_utf8(path, error)) from None
+        for image in images:
             captions.extend(image.captions)
     if not captions:
         raise click.ClickException("no captions found in " + ", ".join(caption_files))
@@ -92,30 +116,57 @@ def build_vocab(
     show_default=True,
     help="Image file format.",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace a previous synth dataset in OUTDIR (and its LMDB files and tokenizer.json).",
+)
 def synth(
-    outdir: str, train: int, val: int, size: int, seed: int, workers: int | None, image_format: str
+    outdir: str,
+    train: int,
+    val: int,
+    size: int,
+    seed: int,
+    workers: int | None,
+    image_format: str,
+    overwrite: bool,
 ) -> None:
     """Generate the built-in captioned dataset of shapes into OUTDIR.
 
     Writes train/ and val/ images and annotations/{captions,instances,attributes}_{train,val}.json
     (COCO captions, COCO instances with polygons, per-image probe labels).
 
+    OUTDIR must be empty or new. --overwrite replaces a previous synth dataset there and removes
+    what was derived from it (*.lmdb files, tokenizer.json), so nothing stale remains; folders
+    that hold anything else are refused.
+
     \b
     Example:
       virtex-data synth data/synth --train 20000 --val 2000 --size 64
     """
-    from virtex_data.synth import generate
+    from virtex_data.synth import clear_previous, generate
 
+    if Path(outdir).is_dir():  # a read-only folder fails here, before anything is removed
+        check_writable(outdir)
+    removed = clear_previous(outdir, overwrite)
+    check_writable(outdir)
+    if removed:
+        click.echo(f"removed the previous dataset: {', '.join(p.name for p in removed)}")
     start = time.perf_counter()
-    counts = generate(
-        outdir,
-        train=train,
-        val=val,
-        size=size,
-        seed=seed,
-        workers=workers,
-        image_format=image_format,
-    )
+    try:
+        counts = generate(
+            outdir,
+            train=train,
+            val=val,
+            size=size,
+            seed=seed,
+            workers=workers,
+            image_format=image_format,
+        )
+    except OSError as error:
+        if error.filename is None:  # Pillow's write errors do not say which file
+            error.filename = outdir
+        raise
     click.echo(
         f"wrote {counts['train']} train and {counts['val']} val images of {size} px to {outdir} "
         f"in {time.perf_counter() - start:.1f} s"
@@ -178,9 +229,12 @@ def build_lmdb_command(
       virtex-data build-lmdb --captions annotations/captions_train2017.json \\
           --images train2017 --output coco_train2017.lmdb --workers 8
     """
+    import lmdb
+
     from virtex_data.lmdb_writer import BuildError, build_lmdb
     from virtex_data.tokenizer import CaptionTokenizer
 
+    check_writable(Path(output).absolute().parent)
     sha = CaptionTokenizer.from_file(tokenizer).sha256 if tokenizer else None
     start = time.perf_counter()
     try:
@@ -195,8 +249,14 @@ def build_lmdb_command(
             overwrite=overwrite,
             max_pixels=max_pixels,
         )
+    except UnicodeDecodeError as error:  # the caption file (images are read as bytes)
+        raise click.ClickException(_not_utf8(captions, error)) from None
     except (BuildError, FileExistsError, ValueError) as error:
         raise click.ClickException(str(error)) from error
+    except lmdb.Error as error:  # a full disk reaches LMDB as EIO/ENOSPC: say what was free
+        raise click.ClickException(
+            f"could not write {output}: {error} ({_free(Path(output).absolute().parent)})"
+        ) from None
     seconds = time.perf_counter() - start
     click.echo(
         f"wrote {manifest.count} records to {output} in {seconds:.1f} s; skipped "

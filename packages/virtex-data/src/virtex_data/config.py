@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from virtex_data.datasets import MaskingConfig
+from virtex_data.errors import brief
 from virtex_data.lmdb_reader import DEFAULT_READAHEAD
 from virtex_data.transforms import ColorJitterConfig, TransformConfig
 
@@ -95,22 +96,22 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return _build(hint, value, where)
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            raise ValueError(f"{where}: expected a list, got {brief(value)}")
         return tuple(float(v) for v in value)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{where}: expected true/false, got {value!r}")
+            raise ValueError(f"{where}: expected true/false, got {brief(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
+            raise ValueError(f"{where}: expected an integer, got {brief(value)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
+            raise ValueError(f"{where}: expected a number, got {brief(value)}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ValueError(f"{where}: expected a string, got {value!r}")
+            raise ValueError(f"{where}: expected a string, got {brief(value)}")
         return value
     return value

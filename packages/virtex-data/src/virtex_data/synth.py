@@ -41,6 +41,7 @@ __all__ = [
     "SceneObject",
     "Scene",
     "describe",
+    "clear_previous",
     "generate",
     "render",
     "sample_scene",
@@ -373,6 +374,80 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+#: What ``generate`` writes into its folder, and what the quickstart derives there.
+_SYNTH_OUTPUTS = ("train", "val", "annotations")
+# LMDB files, their lock files and what an interrupted build-lmdb left (``.lmdb.partial``).
+_DERIVED_SUFFIXES = (".lmdb", ".lmdb-lock", ".lmdb.partial", ".lmdb.partial-lock")
+_DERIVED_NAMES = ("tokenizer.json",)
+_DESCRIPTION = "virtex built-in synthetic shapes"
+
+
+def clear_previous(outdir: str | os.PathLike[str], overwrite: bool) -> list[Path]:
+    """Make ``outdir`` ready for :func:`generate`: empty, or a previous synth dataset removed.
+
+    A previous dataset is recognised by its ``annotations/captions_*.json`` (their ``info``
+    names this generator). With ``overwrite`` its images and annotations are removed, and so is
+    what was derived from them next to it (``*.lmdb`` files and their lock files,
+    ``tokenizer.json``), so no stale LMDB or vocabulary outlives the images it was built from.
+
+    Returns:
+        The paths removed.
+
+    Raises:
+        FileExistsError: ``outdir`` is not empty and ``overwrite`` is false, or it holds files
+            that are not a synth dataset or derived from one (nothing is removed then).
+    """
+    import shutil
+
+    root = Path(outdir)
+    if not root.exists():
+        return []
+    if not root.is_dir():
+        raise FileExistsError(f"{root} exists and is not a folder")
+    entries = sorted(root.iterdir())
+    if not entries:
+        return []
+    if not overwrite:
+        raise FileExistsError(
+            f"{root} is not empty ({len(entries)} entries, e.g. {entries[0].name}): pass "
+            "--overwrite to replace a previous dataset there, or choose an empty folder"
+        )
+    if not _is_synth(root):
+        raise FileExistsError(
+            f"{root} holds files that are not a virtex synth dataset: --overwrite removes only "
+            "a previous synth dataset; choose an empty folder"
+        )
+    ours = [
+        entry
+        for entry in entries
+        if entry.name in _SYNTH_OUTPUTS
+        or entry.name in _DERIVED_NAMES
+        or entry.name.endswith(_DERIVED_SUFFIXES)
+    ]
+    for entry in ours:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return ours
+
+
+def _is_synth(root: Path) -> bool:
+    found = False
+    for split in ("train", "val"):
+        path = root / "annotations" / f"captions_{split}.json"
+        if not path.is_file():
+            continue
+        try:
+            info = json.loads(path.read_text(encoding="utf-8")).get("info", {})
+        except (ValueError, OSError, AttributeError):
+            return False
+        if not isinstance(info, dict) or info.get("description") != _DESCRIPTION:
+            return False
+        found = True
+    return found
+
+
 def generate(
     outdir: str | os.PathLike[str],
     train: int = 20000,
@@ -456,7 +531,7 @@ def generate(
                     }
                 )
             probes.append({"image_id": record["id"], **record["attributes"]})
-        info = {"description": "virtex built-in synthetic shapes", "seed": seed, "size": size}
+        info = {"description": _DESCRIPTION, "seed": seed, "size": size}
         _write_json(
             root / "annotations" / f"captions_{split}.json",
             {"info": info, "images": images, "annotations": captions},

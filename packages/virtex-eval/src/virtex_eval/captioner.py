@@ -45,6 +45,7 @@ from virtex_eval.images import (
 from virtex_eval.spice import SpiceUnavailable
 from virtex_models.captioning import Captioning
 from virtex_models.pretrained import ModelSpec, load_objective
+from virtex_models.torchfile import load_weights_only
 
 __all__ = [
     "CAPTIONING_KINDS",
@@ -69,14 +70,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         ValueError: missing file, a file torch cannot read, or not a dict.
     """
     name = str(path)
-    if not Path(name).is_file():
-        raise ValueError(f"{name}: no such checkpoint file")
-    try:
-        checkpoint = torch.load(name, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many kinds (pickle, zip, runtime)
-        raise ValueError(
-            f"{name}: cannot read checkpoint ({type(error).__name__}: {error})"
-        ) from None
+    checkpoint = load_weights_only(name)  # says what a non-checkpoint file is instead
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{name}: not a checkpoint dict (found {type(checkpoint).__name__})")
     return checkpoint

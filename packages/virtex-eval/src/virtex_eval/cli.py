@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from virtex_data.errors import OneLineErrors, add_checks
 from virtex_eval import __version__
 from virtex_eval.captioner import caption_command
 from virtex_eval.detectron2.cli import detectron2_command
@@ -18,10 +19,14 @@ from virtex_eval.voc07 import voc07_command
 from virtex_eval.zeroshot import zeroshot_command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="virtex-eval")
 def main() -> None:
     """Evaluate VirTex backbones and captioning models.
+
+    Expected failures print one line, `Error: <what>, <file or key>`, and exit with status 1;
+    `virtex-eval --debug ...` or VIRTEX_DEBUG=1 prints the traceback instead. --device is
+    checked against the devices present, and output folders for writability, before any work.
 
     \b
     Backbone weights (--weights) are one of: a virtex checkpoint (CKPT.pt), an original VirTex
@@ -39,4 +44,5 @@ for _command in (
     detectron2_command,
     report_command,
 ):
-    main.add_command(_command)
+    # --device and output options checked at parse time (before a model loads or images are read).
+    main.add_command(add_checks(_command))

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from virtex_models.pretrained import load_objective, load_state_dict_checked
+from virtex_models.torchfile import load_weights_only
 from virtex_models.visual import TorchvisionBackbone
 
 __all__ = [
@@ -140,10 +141,7 @@ def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
 
 
 def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle/zip errors come in many types
-        raise ValueError(f"{path}: cannot read as a weights-only torch file ({error})") from None
+    return load_weights_only(path)  # one-line ValueError naming what the file is instead
 
 
 def _describe(checkpoint: Any) -> str:

@@ -16,6 +16,7 @@ from torch import nn
 
 from virtex_models.captioning import Captioning
 from virtex_models.decoding import DecoderConfig
+from virtex_models.errors import brief
 from virtex_models.masked_lm import MaskedLM
 from virtex_models.multilabel import MultilabelClassification
 from virtex_models.textual import TextualConfig, TransformerTextualHead
@@ -116,7 +117,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if origin is Literal:
         if value not in typing.get_args(hint):
-            raise ValueError(f"{where}={value!r} is not one of {typing.get_args(hint)}")
+            raise ValueError(f"{where}={brief(value)} is not one of {typing.get_args(hint)}")
         return value
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(hint):
@@ -127,21 +128,21 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
                     return _convert(option, value, where)
                 except ValueError:
                     continue
-        raise ValueError(f"{where}={value!r} does not match {hint}")
+        raise ValueError(f"{where}={brief(value)} does not match {hint}")
     if hint is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{where} must be true/false, got {value!r}")
+            raise ValueError(f"{where} must be true/false, got {brief(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where} must be an int, got {value!r}")
+            raise ValueError(f"{where} must be an int, got {brief(value)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{where} must be a number, got {value!r}")
+            raise ValueError(f"{where} must be a number, got {brief(value)}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ValueError(f"{where} must be a string, got {value!r}")
+            raise ValueError(f"{where} must be a string, got {brief(value)}")
         return value
     raise ValueError(f"{where}: unsupported field type {hint}")  # pragma: no cover

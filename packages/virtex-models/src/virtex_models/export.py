@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from virtex_models.errors import one_line
 from virtex_models.pretrained import load_objective
 from virtex_models.visual import TorchvisionBackbone
 
@@ -173,13 +175,21 @@ def save_detectron2(source: Source, path: str | os.PathLike[str]) -> Path:
     if out.suffix == ".pkl":
         raise ValueError(f"{out}: detectron2 unpickles .pkl files; use a .pth name")
     out.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = detectron2_checkpoint(source)  # before the output is touched
     tmp = out.with_name(out.name + ".tmp")
-    torch.save(detectron2_checkpoint(source), tmp)
-    os.replace(tmp, out)
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m virtex_models.export``: exit status 0, or 1 with one ``Error:`` line.
+
+    ``--debug`` (or ``VIRTEX_DEBUG=1``) lets the traceback through instead.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m virtex_models.export",
         description="Export the visual backbone of a virtex checkpoint to detectron2 (a .pth "
@@ -188,12 +198,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path, help="a self-contained virtex checkpoint")
     parser.add_argument("out", type=Path, help="file to write")
     parser.add_argument("--format", choices=("detectron2", "torchvision"), default="detectron2")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (VIRTEX_DEBUG=1)")
     args = parser.parse_args(argv)
-    if args.format == "detectron2":
-        save_detectron2(args.checkpoint, args.out)
-    else:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(to_torchvision(args.checkpoint), args.out)
+    try:
+        if args.format == "detectron2":
+            save_detectron2(args.checkpoint, args.out)
+        else:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(to_torchvision(args.checkpoint), args.out)
+    except Exception as error:
+        if args.debug or os.environ.get("VIRTEX_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"Error: {one_line(error)}", file=sys.stderr)
+        return 1
     print(f"wrote {args.out}")
     return 0
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from virtex_models.config import ModelConfig
+from virtex_models.torchfile import load_weights_only
 from virtex_models.vocab import VocabSpec
 
 __all__ = [
@@ -143,7 +144,7 @@ def load_objective(
         name = "checkpoint"
     else:
         name = str(Path(source))
-        checkpoint = torch.load(name, map_location=map_location, weights_only=True)
+        checkpoint = load_weights_only(name, map_location=map_location)
         if not isinstance(checkpoint, Mapping):
             raise ValueError(f"{name}: not a checkpoint dict")
     version = checkpoint.get("format_version", FORMAT_VERSION)

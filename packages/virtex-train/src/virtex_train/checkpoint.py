@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from virtex_models.torchfile import load_weights_only
+
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
@@ -113,9 +115,9 @@ def load_checkpoint(
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"could not read checkpoint {path}: {error}") from error
+        checkpoint = load_weights_only(path, map_location=map_location)
+    except ValueError as error:  # says what the file is instead, never "weights_only=False"
+        raise CheckpointError(str(error)) from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path} is not a checkpoint dict")
     version = checkpoint.get("format_version")
@@ -223,7 +225,17 @@ class CheckpointManager:
         """The checkpoint ``latest`` names, or the newest ``step_*.pt`` if it is missing."""
         pointer = self.directory / "latest"
         if pointer.is_file():
-            name = pointer.read_text(encoding="utf-8").strip()
+            try:
+                name = pointer.read_text(encoding="utf-8").strip()
+            except (UnicodeDecodeError, OSError) as error:
+                raise CheckpointError(f"{pointer}: unreadable pointer ({error})") from None
+            # A pointer names a file of this folder, never a path: "../../x.pt" or "/x.pt"
+            # would make --resume read a checkpoint from outside the run.
+            if name and (Path(name).name != name or name in (".", "..")):
+                raise CheckpointError(
+                    f"{pointer} names {name[:100]!r}, which is outside {self.directory}: a "
+                    "pointer holds the name of a checkpoint in its own folder (step_NNNNNNN.pt)"
+                )
             if name and (self.directory / name).is_file():
                 return self.directory / name
         steps = self.steps()
@@ -232,13 +244,22 @@ class CheckpointManager:
     def finalize(self, path: Path) -> Path:
         """Make ``final.pt`` the same file as ``path`` (hard link; copy where links fail)."""
         final = self.directory / "final.pt"
+        with contextlib.suppress(OSError):
+            if os.path.samefile(path, final):  # resuming a finished run: already final
+                return final
         temporary = final.with_name(f".final.pt.tmp-{os.getpid()}")
         with contextlib.suppress(OSError):
             temporary.unlink()
         try:
-            os.link(path, temporary)
-        except OSError:
-            _atomic(temporary, lambda handle: handle.write(Path(path).read_bytes()))
-        os.replace(temporary, final)
+            try:
+                os.link(path, temporary)
+            except OSError:
+                _atomic(temporary, lambda handle: handle.write(Path(path).read_bytes()))
+            os.replace(temporary, final)
+        finally:
+            # POSIX: renaming a hard link onto another link of the same file does nothing and
+            # leaves the source name; never leave it behind.
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
         _fsync_dir(self.directory)
         return final

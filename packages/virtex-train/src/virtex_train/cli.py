@@ -8,14 +8,19 @@ from pathlib import Path
 
 import click
 
+from virtex_data.errors import OneLineErrors, check_writable, device_option_callback, one_line
 from virtex_train import __version__
 from virtex_train.slurm import submit_command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="virtex-train")
 def main() -> None:
-    """Pretrain VirTex models: locally, under torchrun, or on SLURM."""
+    """Pretrain VirTex models: locally, under torchrun, or on SLURM.
+
+    Expected failures print one line, `Error: <what>, <file or key>`, and exit with status 1;
+    `virtex-train --debug ...` or VIRTEX_DEBUG=1 prints the traceback instead.
+    """
 
 
 _EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
@@ -49,6 +54,7 @@ def _wait_for(paths: list[Path], seconds: float = 1800.0) -> None:
     "--device",
     type=click.Choice(["cpu", "cuda"]),
     default=None,
+    callback=device_option_callback,
     help="Training device (default: cuda when available).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs still go to files).")
@@ -98,13 +104,17 @@ def pretrain_command(
     try:
         config = load_config(config_path, overrides)
     except ConfigError as error:
-        raise click.UsageError(str(error)) from None
+        if str(error).startswith("override"):  # a KEY=VALUE of this command line
+            raise click.UsageError(str(error)) from None
+        raise click.ClickException(str(error)) from None  # the file: one line, exit 1
     if output_dir is None:
         output_dir = f"runs/{Path(config_path).stem if config_path else 'quickstart'}"
     try:
         env = detect_env()
     except ValueError as error:
         raise click.ClickException(str(error)) from None
+    if env.is_main:  # before the built-in data is generated or a model is built
+        check_writable(output_dir, "--output-dir")
     echo = click.echo if env.is_main else (lambda message: None)
     if config_path is None:
         data = config.data
@@ -117,7 +127,7 @@ def pretrain_command(
             config, output_dir, resume=resume, device=device, progress=not no_progress
         )
     except (PretrainError, CheckpointError, NonFiniteLossError) as error:
-        raise click.ClickException(str(error)) from None
+        raise click.ClickException(one_line(error)) from None
     except FileNotFoundError as error:
         raise click.ClickException(f"{error.filename}: {error.strerror}") from None
     out = result.output_dir

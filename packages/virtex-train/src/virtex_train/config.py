@@ -32,6 +32,7 @@ from typing import Any, Literal
 import yaml
 
 from virtex_data import DataConfig, TransformConfig
+from virtex_data.errors import brief
 from virtex_models import ModelConfig, TextualConfig, VisualConfig
 from virtex_train.optim import LookaheadConfig, OptimConfig, ScheduleConfig
 
@@ -201,7 +202,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
         source = str(path)
         if base_name is not None:
             if not isinstance(base_name, str):
-                raise ConfigError(f"{path}: base must be a file name, got {base_name!r}")
+                raise ConfigError(f"{path}: base must be a file name, got {brief(base_name)}")
             base_path = Path(os.path.normpath(path.parent / base_name))
             base = _read_yaml(base_path)
             if "base" in base:
@@ -225,14 +226,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, separator, value_text = text.partition("=")
     key = key.strip()
     if not separator or not key:
-        raise ConfigError(f"override {text!r}: expected dotted.key=value")
+        raise ConfigError(f"override {brief(text)}: expected dotted.key=value")
     parts = key.split(".")
     if any(not part for part in parts):
-        raise ConfigError(f"override {text!r}: empty component in key {key!r}")
+        raise ConfigError(f"override {brief(text)}: empty component in key {brief(key)}")
     try:
         value = _load_yaml(value_text) if value_text.strip() else None
     except yaml.YAMLError as error:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({error})") from None
+        raise ConfigError(f"override {brief(text)}: value is not valid YAML ({error})") from None
     return parts, value
 
 
@@ -248,7 +249,7 @@ def apply_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> dict
         nested: Any = value
         for part in reversed(parts):
             nested = {part: nested}
-        check_keys(nested, f"override {text!r}")
+        check_keys(nested, f"override {brief(text)}")
         result = _merge(result, nested)
     return result
 
@@ -299,8 +300,46 @@ def quickstart_config() -> ExperimentConfig:
 # --------------------------------------------------------------------------------------------
 
 
+#: Most values a config may expand to, aliases followed (the largest real config has ~150).
+MAX_CONFIG_NODES = 10_000
+
+
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, but ``1e-4`` is a float (YAML 1.2), not the string ``"1e-4"``."""
+    """PyYAML's safe loader, but ``1e-4`` is a float (YAML 1.2), not the string ``"1e-4"``.
+
+    Aliases (``*name``) are allowed, but a document whose aliases expand to more than
+    :data:`MAX_CONFIG_NODES` values (a "billion laughs" alias bomb: 400 bytes, gigabytes once
+    copied or printed) is refused before anything walks it.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        expanded = _expanded_size(node, {}, MAX_CONFIG_NODES)
+        if expanded > MAX_CONFIG_NODES:
+            raise yaml.YAMLError(
+                f"aliases expand to more than {MAX_CONFIG_NODES} values (an alias bomb?)"
+            )
+        return super().construct_document(node)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], limit: int) -> int:
+    """Values ``node`` stands for with aliases expanded; stops counting past ``limit``."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = limit + 1  # a cycle counts as unbounded
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            total += _expanded_size(child, memo, limit)
+            if total > limit:
+                break
+    elif isinstance(node, yaml.MappingNode):
+        for name, child in node.value:
+            total += _expanded_size(name, memo, limit) + _expanded_size(child, memo, limit)
+            if total > limit:
+                break
+    memo[key] = total
+    return total
 
 
 _Loader.add_implicit_resolver(
@@ -344,7 +383,7 @@ def check_keys(data: Mapping[str, Any], source: str, *, allow_base: bool = False
     for key, value in data.items():
         if key not in known:
             raise ConfigError(
-                f"{source}: unknown key {key!r} (known top-level keys: {', '.join(known)})"
+                f"{source}: unknown key {brief(key)} (known top-level keys: {', '.join(known)})"
             )
         if key in SECTIONS:
             _check_section(SECTIONS[key], value, key, source)
@@ -354,7 +393,7 @@ def _check_section(cls: type, data: Any, where: str, source: str) -> None:
     if data is None:
         return
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: {where} must be a mapping, got {data!r}")
+        raise ConfigError(f"{source}: {where} must be a mapping, got {brief(data)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key, value in data.items():
@@ -382,6 +421,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config file ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {error.start}); a config is a UTF-8 YAML file"
+        ) from None
     try:
         data = _load_yaml(text)
     except yaml.YAMLError as error:
@@ -419,7 +462,7 @@ def _plain(value: Any) -> Any:
 
 def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, Mapping):
-        raise ValueError(f"{where} must be a mapping, got {data!r}")
+        raise ValueError(f"{where} must be a mapping, got {brief(data)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
@@ -438,7 +481,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     args = typing.get_args(hint)
     if origin is Literal:
         if value not in args:
-            raise ValueError(f"{where}={value!r} is not one of {', '.join(map(str, args))}")
+            raise ValueError(f"{where}={brief(value)} is not one of {', '.join(map(str, args))}")
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -451,29 +494,31 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
                 return _convert(option, value, where)
             except ValueError as error:
                 errors.append(str(error))
-        raise ValueError(errors[0] if len(errors) == 1 else f"{where}={value!r}: no type matches")
+        raise ValueError(
+            errors[0] if len(errors) == 1 else f"{where}={brief(value)}: no type matches"
+        )
     if origin is list:
         if not isinstance(value, list | tuple):
-            raise ValueError(f"{where} must be a list, got {value!r}")
+            raise ValueError(f"{where} must be a list, got {brief(value)}")
         return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is tuple:
         if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ValueError(f"{where} must be a list of {len(args)} values, got {value!r}")
+            raise ValueError(f"{where} must be a list of {len(args)} values, got {brief(value)}")
         return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if hint is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{where} must be true or false, got {value!r}")
+            raise ValueError(f"{where} must be true or false, got {brief(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where} must be an integer, got {value!r}")
+            raise ValueError(f"{where} must be an integer, got {brief(value)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{where} must be a number, got {value!r}")
+            raise ValueError(f"{where} must be a number, got {brief(value)}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ValueError(f"{where} must be a string, got {value!r}")
+            raise ValueError(f"{where} must be a string, got {brief(value)}")
         return value
     raise ValueError(f"{where}: unsupported field type {hint}")  # pragma: no cover

@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 from torch.utils.data import DataLoader
 
 from virtex_data import CaptionTokenizer, DataConfig, build_dataset
 from virtex_data.sampler import ResumableSampler
 from virtex_models import VocabSpec
-from virtex_models.pretrained import ModelSpec
+from virtex_models.pretrained import ModelSpec, load_state_dict_checked
 from virtex_train import distributed
 from virtex_train.checkpoint import (
     FORMAT_VERSION,
@@ -38,6 +39,7 @@ from virtex_train.config import ExperimentConfig
 from virtex_train.hooks import CheckpointHook, LoggingHook, RunLog, ValidationHook
 from virtex_train.optim import build_optimizer, lr_factor
 from virtex_train.precision import resolve_precision
+from virtex_train.runlock import RunLock, RunLockedError
 from virtex_train.trainer import Trainer
 
 __all__ = ["PretrainError", "RunResult", "pretrain", "run_pretraining"]
@@ -111,6 +113,54 @@ def _check_resume(checkpoint: dict[str, Any], tokenizer: CaptionTokenizer, sourc
             )
 
 
+def _check_state_fits(
+    checkpoint: dict[str, Any],
+    config: ExperimentConfig,
+    objective: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    sampler: ResumableSampler,
+    source: str,
+) -> None:
+    """Raise :class:`PretrainError` if ``checkpoint`` cannot continue under ``config``.
+
+    Runs before the resumed run writes anything (config.yaml, logs), so a mismatch leaves the
+    original run resumable. Loading the state here is repeated by the trainer; both are cheap
+    next to training.
+    """
+    saved_kind = _saved_optim_kind(checkpoint)
+    if saved_kind is not None and saved_kind != config.optim.kind:
+        raise PretrainError(
+            f"optim.kind: {source} was trained with {saved_kind!r}, this config says "
+            f"{config.optim.kind!r}; resume with optim.kind={saved_kind} or start a new "
+            "--output-dir"
+        )
+    try:
+        load_state_dict_checked(objective, checkpoint["model"], source)
+        state = checkpoint["optimizer"]
+        optimizer.load_state_dict(state)
+        if checkpoint.get("sampler") is not None:
+            sampler.load_state_dict(checkpoint["sampler"])
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as error:
+        message = str(error) if not isinstance(error, KeyError) else f"missing {error}"
+        message = message.replace(f"{source} ", "")  # named once, below
+        if len(message) > 300:  # a whole model of shape mismatches: the first few say enough
+            message = message[:297] + "..."
+        raise PretrainError(
+            f"cannot resume: {source}: {message} (the run directory is unchanged)"
+        ) from None
+
+
+def _saved_optim_kind(checkpoint: dict[str, Any]) -> str | None:
+    text = checkpoint.get("config")
+    if not isinstance(text, str):
+        return None
+    try:
+        kind = (yaml.safe_load(text) or {}).get("optim", {}).get("kind", "sgd")
+    except Exception:  # an unreadable saved config: the state check below still runs
+        return None
+    return kind if isinstance(kind, str) else None
+
+
 def _seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -172,6 +222,40 @@ def _pretrain(
             f"{env.world_size} rank(s) x {train_cfg.grad_accumulation} accumulation step(s)"
         )
     check_data_paths(config.data)
+    # Rank 0 holds the run directory for the whole run: a second run into it stops here, naming
+    # the holder, before it reads or writes anything there.
+    lock = RunLock(output_dir) if env.is_main else None
+    refused: Exception | None = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except (RunLockedError, OSError) as error:
+            refused = error
+    # Every rank learns rank 0's answer: the others must not wait in DDP's first collective
+    # until a timeout (srun does not end the other tasks when one fails).
+    flag = torch.tensor([1.0 if refused is not None else 0.0], device=device)
+    if distributed.all_reduce_max(flag).item() > 0:
+        if refused is not None:
+            raise refused
+        raise PretrainError(f"{output_dir}: rank 0 could not take the run directory's lock")
+    try:
+        return _run(config, output_dir, env, device, resume, progress, handle_signals, per_rank)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(
+    config: ExperimentConfig,
+    output_dir: Path,
+    env: distributed.DistEnv,
+    device: torch.device,
+    resume: bool,
+    progress: bool,
+    handle_signals: bool,
+    per_rank: int,
+) -> RunResult:
+    train_cfg = config.train
     manager = CheckpointManager(output_dir / "checkpoints", train_cfg.keep_last)
     latest = manager.latest()
     if latest is not None and not resume:
@@ -189,6 +273,12 @@ def _pretrain(
     target = _TARGETS[config.model.kind]
     train_set = build_dataset(config.data, "train", target, tokenizer)  # type: ignore[arg-type]
     val_set = build_dataset(config.data, "val", target, tokenizer)  # type: ignore[arg-type]
+    if len(train_set) // env.world_size < per_rank:  # drop_last: not a single batch
+        raise PretrainError(
+            f"train.batch_size={train_cfg.batch_size} is larger than the training data: "
+            f"data.train_lmdb {config.data.train_lmdb} holds {len(train_set)} images"
+            + (f" for {env.world_size} ranks" if env.world_size > 1 else "")
+        )
     spec = ModelSpec(config.model, vocab_spec(tokenizer), train_set.num_classes)
     objective = spec.build().to(device)
     if train_cfg.channels_last:
@@ -223,6 +313,8 @@ def _pretrain(
         generator=torch.Generator().manual_seed(0),
     )
 
+    if checkpoint is not None:  # before anything in the run directory is written
+        _check_state_fits(checkpoint, config, objective, optimizer, sampler, str(latest))
     resumed_step = int(checkpoint["step"]) if checkpoint is not None else 0
     log = RunLog(output_dir, enabled=env.is_main, purge_after=resumed_step)
     config_yaml = config.to_yaml()

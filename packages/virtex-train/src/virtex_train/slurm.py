@@ -658,7 +658,7 @@ def submit_command(
     The job checkpoints and requeues itself before its time limit and when preempted, and
     always resumes from OUTPUT_DIR/checkpoints/latest. Example, 2 nodes of 8 GPUs:
 
-        virtex-train submit configs/pretrain/bicaptioning_r50.yaml -o runs/r50 \\
+        virtex-train submit configs/pretrain/bicaptioning_R_50_L1_H2048.yaml -o runs/r50 \\
             --nodes 2 --gpus-per-node 8 --partition gpu --time 1440 --mem 0
     """
     from virtex_train.config import ConfigError, load_config
