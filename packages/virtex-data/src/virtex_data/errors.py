@@ -2,10 +2,10 @@
 
 Every ``virtex-*`` command group uses :class:`OneLineErrors` as its click ``cls``: an exception
 that escapes a command becomes ``Error: <what>, <which file/key>`` on stderr with exit status 1
-and no traceback. ``--debug`` (before or after the subcommand: ``virtex-data --debug build-lmdb
-...``) or ``VIRTEX_DEBUG=1`` lets the traceback through instead. ``virtex_train`` and ``virtex_eval``
-import this module (the lowest package both depend on); ``virtex_models`` keeps its own tiny
-copy of :func:`one_line` because data and models never import each other.
+and no traceback. ``--debug`` (before or after the subcommand: ``virtex-data --debug
+build-lmdb ...``) or ``VIRTEX_DEBUG=1`` lets the traceback through instead. ``virtex_train`` and
+``virtex_eval`` import this module (the lowest package both depend on); ``virtex_models`` keeps
+its own tiny copy of :func:`one_line` because data and models never import each other.
 """
 
 from __future__ import annotations
