@@ -164,6 +164,29 @@ def test_sweep_matches_the_original_procedure_and_parallel_equals_sequential() -
         assert sequential.ap[k] == pytest.approx(ap, abs=1e-9)
 
 
+def test_cross_validation_ties_keep_the_first_cost_as_the_original() -> None:
+    """Features that encode the labels: every C reaches CV AP 1.0 on every class (a four-way
+    tie). The original (clf_voc07.py) keeps a C only when its mean CV AP is strictly greater
+    than the best so far, walking the costs in the order given: the first listed C wins."""
+    rng = np.random.default_rng(1)
+    train_x, train_y = _separable(90, 4, rng)
+    test_x, test_y = _separable(60, 4, rng)
+    none_train, none_test = np.zeros_like(train_y, bool), np.zeros_like(test_y, bool)
+    result = train_test_svms(
+        train_x, train_y, none_train, test_x, test_y, none_test, jobs=1, progress=False
+    )
+    assert result.cv_ap == [1.0] * 4
+    assert result.best_cost == [0.01] * 4
+    for k in range(4):  # the original's procedure, written with cross_val_score
+        cost, _ = _original_one_class(train_x, train_y[:, k], test_x, test_y[:, k], none_test[:, k])
+        assert cost == 0.01
+    descending = train_test_svms(
+        train_x, train_y, none_train, test_x, test_y, none_test,
+        config=SvmConfig(costs=(10.0, 1.0, 0.1, 0.01)), jobs=1, progress=False,
+    )  # fmt: skip
+    assert descending.best_cost == [10.0] * 4
+
+
 def test_difficult_test_images_are_ignored() -> None:
     rng = np.random.default_rng(3)
     train_x, train_y = _separable(60, 2, rng)
