@@ -74,6 +74,14 @@ def test_cider_d_clips_repeated_words() -> None:
     assert per_image[1] == pytest.approx(10 * math.exp(-1 / 72) / (3 * math.sqrt(2)) / 4)
 
 
+def test_cider_d_length_penalty_counts_bigrams_of_one_word_captions_as_zero() -> None:
+    # One word each: no bigram on either side, so the lengths are equal (0 and 0) and there is
+    # no penalty: unigram cosine 1 -> 10 * 1 / 4 per image.
+    candidates = {1: ["c"], 2: ["d"]}
+    corpus, per_image = cider_d(candidates, _tok({1: ["c"], 2: ["d"]}))
+    assert per_image == {1: pytest.approx(2.5, abs=1e-12), 2: pytest.approx(2.5, abs=1e-12)}
+
+
 def test_cider_d_idf_zero_for_ngrams_in_every_image() -> None:
     # "a" appears in the references of both images: weight ln2 - ln2 = 0, it earns nothing.
     candidates = {1: ["a"], 2: ["a"]}
