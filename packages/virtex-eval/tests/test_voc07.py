@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,12 @@ def test_average_precision_by_hand_and_against_sklearn() -> None:
         0.5 * 1 + 0.5 * 2 / 3
     )
     assert average_precision([3, 2, 1], [1, 1, 1]) == 1.0
-    assert math.isnan(average_precision([1.0, 2.0], [0, 0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no positive: nan, without dividing by zero
+        assert math.isnan(average_precision([1.0, 2.0], [0, 0]))
+    for scores, labels in (([0.1, 0.2], [1, 0, 1]), ([0.1, 0.2, 0.3], [1, 0])):
+        with pytest.raises(ValueError, match=r"scores \(\d,\) and labels \(\d,\) differ"):
+            average_precision(scores, labels)
     rng = np.random.default_rng(0)
     for _ in range(20):
         scores = rng.integers(0, 6, 50).astype(float)  # many ties
@@ -204,6 +210,47 @@ def test_difficult_test_images_are_ignored() -> None:
         train_x, train_y, none, test_x, test_y, np.zeros_like(test_d), jobs=1, progress=False
     )
     assert counted.ap[0] < 0.99
+
+
+def test_excluded_difficult_images_are_left_out_of_training() -> None:
+    # train_difficult="exclude" is the same sweep as "negative" on the trainval images without
+    # the difficult ones (computed here by removing those rows).
+    rng = np.random.default_rng(4)
+    train_x, train_y = _separable(60, 2, rng)
+    test_x, test_y = _separable(30, 2, rng)
+    train_x = train_x + rng.normal(0, 0.4, train_x.shape)  # not separable: the data matter
+    difficult = np.zeros_like(train_y, bool)
+    difficult[::4, 0] = True
+    train_y[difficult] = 0
+    none = np.zeros_like(test_y, bool)
+    excluded = train_test_svms(
+        train_x, train_y, difficult, test_x, test_y, none,
+        config=SvmConfig(train_difficult="exclude"), jobs=1, progress=False,
+    )  # fmt: skip
+    keep = ~difficult[:, 0]
+    subset = train_test_svms(
+        train_x[keep], train_y[keep], difficult[keep], test_x, test_y, none, jobs=1,
+        progress=False,
+    )  # fmt: skip
+    # Class 0 (with difficult images) as on the subset; class 1 (none) as on every image.
+    assert excluded.ap[0] == subset.ap[0] and excluded.cv_ap[0] == subset.cv_ap[0]
+    negative = train_test_svms(
+        train_x, train_y, difficult, test_x, test_y, none, jobs=1, progress=False
+    )
+    assert excluded.ap[1] == negative.ap[1] and excluded.cv_ap[1] == negative.cv_ap[1]
+    assert negative.cv_ap[0] != excluded.cv_ap[0]  # the fixture tells the two apart
+
+
+def test_a_class_without_a_usable_fold_has_nan_cv_ap_and_the_first_cost() -> None:
+    # One positive: every 3-fold split leaves it either out of training or out of validation,
+    # so no fold gives an AP; the first C is kept and its CV AP is nan (not 0).
+    rng = np.random.default_rng(5)
+    x = l2_normalize(rng.normal(size=(12, 4)))
+    y = np.zeros((12, 1), np.float32)
+    y[0, 0] = 1
+    none = np.zeros_like(y, bool)
+    result = train_test_svms(x, y, none, x, y, none, jobs=1, progress=False)
+    assert result.best_cost == [0.01] and math.isnan(result.cv_ap[0])
 
 
 def test_class_without_positives_is_named() -> None:

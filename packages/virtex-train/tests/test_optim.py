@@ -85,8 +85,11 @@ def test_schedule_with_one_decay_step_and_runs_of_one_step() -> None:
 
 def test_schedule_kind_parsed_at_run_time_and_unknown_kinds() -> None:
     # A kind read from a config file is a new string object equal to the literal.
-    kind = json.loads('"linear"')
-    assert lr_factor(6, ScheduleConfig(kind=kind, warmup_steps=4), total_steps=12) == 0.75
+    expected = {"cosine": 0.5, "linear": 0.5, "multistep": 0.1, "constant": 1.0}
+    for literal, factor in expected.items():
+        kind = json.loads(f'"{literal}"')
+        cfg = ScheduleConfig(kind=kind, warmup_steps=4, milestones=[8])
+        assert lr_factor(8, cfg, total_steps=12) == pytest.approx(factor), literal
     # lr_factor names a kind it does not know (the config parser rejects them earlier): none
     # silently falls into another schedule's branch.
     for unknown in ("bogus", "zzz"):
