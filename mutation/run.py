@@ -61,6 +61,16 @@ def _skip_outside(session: Path, functions: set[str]) -> tuple[int, int]:
     return kept, skipped
 
 
+def _forget_survivors(session: Path) -> int:
+    """Make the surviving mutants of a finished session pending again (after adding tests: a
+    killed mutant stays killed when tests are only added)."""
+    import sqlite3
+
+    with sqlite3.connect(session) as db:
+        cursor = db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
+        return cursor.rowcount
+
+
 def _report(session: Path, module: Path) -> dict[str, object]:
     from cosmic_ray.work_db import use_db
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome
@@ -93,12 +103,16 @@ def _report(session: Path, module: Path) -> dict[str, object]:
             "survivors": sorted(survivors)}  # fmt: skip
 
 
-def run_target(name: str, target: dict, python: str, env: dict[str, str]) -> dict[str, object]:
+def run_target(
+    name: str, target: dict, python: str, env: dict[str, str], survivors: bool = False
+) -> dict[str, object]:
     module = ROOT / target["module"]
     original = module.read_bytes()
     WORK.mkdir(exist_ok=True)
     config, session = WORK / f"{name}.toml", WORK / f"{name}.sqlite"
-    session.unlink(missing_ok=True)
+    if not (survivors and session.is_file()):
+        survivors = False
+        session.unlink(missing_ok=True)
     tests = " ".join(shlex.quote(arg) for arg in target["tests"])
     command = f"{shlex.quote(python)} -m pytest -x -q -p no:cacheprovider {tests}"
     config.write_text(
@@ -112,9 +126,13 @@ def run_target(name: str, target: dict, python: str, env: dict[str, str]) -> dic
     )
     start = time.perf_counter()
     try:
-        _cosmic_ray("init", str(config), str(session), env=env)
-        kept, skipped = _skip_outside(session, set(target["functions"]))
-        print(f"[{name}] {kept} mutants in {', '.join(target['functions'])} ({skipped} skipped)")
+        if survivors:
+            print(f"[{name}] re-running the {_forget_survivors(session)} surviving mutants")
+        else:
+            _cosmic_ray("init", str(config), str(session), env=env)
+            kept, skipped = _skip_outside(session, set(target["functions"]))
+            functions = ", ".join(target["functions"])
+            print(f"[{name}] {kept} mutants in {functions} ({skipped} skipped)")
         _cosmic_ray("baseline", str(config), env=env)
         _cosmic_ray("exec", str(config), str(session), env=env)
     finally:
@@ -131,6 +149,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help=f"targets (default: all of {list(targets)})")
     parser.add_argument("--python", required=True, help="the project's Python (runs the tests)")
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="re-run only the survivors of the last session of each target (after adding tests)",
+    )
     args = parser.parse_args()
     unknown = [name for name in args.names if name not in targets]
     if unknown:
@@ -143,7 +166,8 @@ def main() -> int:
     }
     results = {}
     for name in args.names or list(targets):
-        results[name] = report = run_target(name, targets[name], args.python, env)
+        report = run_target(name, targets[name], args.python, env, args.survivors)
+        results[name] = report
         counts = report["counts"]
         print(
             f"[{name}] score {100 * report['score']:.1f}% of {report['total']} mutants "
