@@ -183,6 +183,7 @@ def test_cross_validation_ties_keep_the_first_cost_as_the_original() -> None:
     )
     assert result.cv_ap == [1.0] * 4
     assert result.best_cost == [0.01] * 4
+    assert result.not_converged == 0  # 4 classes x (4 costs x 3 folds + 1 refit) fits, all done
     for k in range(4):  # the original's procedure, written with cross_val_score
         cost, _ = _original_one_class(train_x, train_y[:, k], test_x, test_y[:, k], none_test[:, k])
         assert cost == 0.01
@@ -223,9 +224,10 @@ def test_excluded_difficult_images_are_left_out_of_training() -> None:
     difficult[::4, 0] = True
     train_y[difficult] = 0
     none = np.zeros_like(test_y, bool)
+    mode = json.loads('"exclude"')  # as the command line passes it: built at run time
     excluded = train_test_svms(
         train_x, train_y, difficult, test_x, test_y, none,
-        config=SvmConfig(train_difficult="exclude"), jobs=1, progress=False,
+        config=SvmConfig(train_difficult=mode), jobs=1, progress=False,
     )  # fmt: skip
     keep = ~difficult[:, 0]
     subset = train_test_svms(
@@ -251,6 +253,38 @@ def test_a_class_without_a_usable_fold_has_nan_cv_ap_and_the_first_cost() -> Non
     none = np.zeros_like(y, bool)
     result = train_test_svms(x, y, none, x, y, none, jobs=1, progress=False)
     assert result.best_cost == [0.01] and math.isnan(result.cv_ap[0])
+
+
+def test_a_fold_without_both_labels_is_skipped_and_the_others_count() -> None:
+    # One negative (image 0): the first fold validates on it, so its training rows are all
+    # positive and it is skipped; the other two folds train on both labels and validate on
+    # positives only (AP 1.0). The CV AP is their mean, 1.0, not nan.
+    rng = np.random.default_rng(6)
+    x = l2_normalize(rng.normal(size=(12, 4)))
+    y = np.ones((12, 1), np.float32)
+    y[0, 0] = 0
+    none = np.zeros_like(y, bool)
+    result = train_test_svms(x, y, none, x, y, none, jobs=1, progress=False)
+    assert result.cv_ap == [1.0] and result.best_cost == [0.01]
+
+
+def test_voc_style_negative_labels_mean_the_same_as_zero() -> None:
+    # The VOC files say -1 for "absent": only labels > 0 are positives, in training and test.
+    rng = np.random.default_rng(7)
+    train_x, train_y = _separable(60, 2, rng)
+    test_x, test_y = _separable(40, 2, rng)
+    train_x = train_x + rng.normal(0, 1.0, train_x.shape)
+    test_x = test_x + rng.normal(0, 1.0, test_x.shape)
+    none_train, none_test = np.zeros_like(train_y, bool), np.zeros_like(test_y, bool)
+    zeros = train_test_svms(
+        train_x, train_y, none_train, test_x, test_y, none_test, jobs=1, progress=False
+    )
+    voc = train_test_svms(
+        train_x, np.where(train_y > 0, 1, -1), none_train, test_x, np.where(test_y > 0, 1, -1),
+        none_test, jobs=1, progress=False,
+    )  # fmt: skip
+    assert voc.ap == zeros.ap and voc.cv_ap == zeros.cv_ap
+    assert all(ap < 0.99 for ap in zeros.ap)  # test AP below 1: the negatives matter
 
 
 def test_class_without_positives_is_named() -> None:

@@ -79,6 +79,10 @@ def test_schedule_with_one_decay_step_and_runs_of_one_step() -> None:
     # One decay step after warm-up: that step is at t = 0 (the peak), not at the end.
     cfg = ScheduleConfig(kind="cosine", warmup_steps=2)
     assert [lr_factor(s, cfg, total_steps=3) for s in range(3)] == [0.5, 1.0, 1.0]
+    # Warm-up as long as the run: past it, the factor is 0 (no decay steps to divide by).
+    for kind in ("cosine", "linear"):
+        whole = ScheduleConfig(kind=kind, warmup_steps=4)  # type: ignore[arg-type]
+        assert [lr_factor(s, whole, total_steps=4) for s in (3, 4)] == [1.0, 0.0]
     # A run of a single update is valid (and at the peak without warm-up).
     assert lr_factor(0, ScheduleConfig(kind="linear", warmup_steps=0), total_steps=1) == 1.0
 
