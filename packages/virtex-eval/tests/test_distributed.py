@@ -27,8 +27,10 @@ def _rank(rank: int, store: str, out: Path) -> None:
         ctx = DistContext(rank=rank, world_size=WORLD)
         local = ROWS[shard_indices(TOTAL, rank, WORLD)]
         gathered = gather_rows(local, TOTAL, ctx)
+        # 3 rows: shards of 2 and 1 (fewer rows than twice the ranks).
+        few = gather_rows(ROWS[:3][shard_indices(3, rank, WORLD)], 3, ctx)
         summed = all_reduce_sum(torch.tensor([float(rank + 1)]), ctx)
-        torch.save({"gathered": gathered, "summed": summed}, out / f"rank{rank}.pt")
+        torch.save({"gathered": gathered, "few": few, "summed": summed}, out / f"rank{rank}.pt")
         dist.destroy_process_group()
     except BaseException:
         (out / f"rank{rank}.err").write_text(traceback.format_exc())
@@ -55,6 +57,7 @@ def test_gather_rows_puts_two_ranks_rows_back_in_dataset_order(tmp_path: Path) -
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         # Every rank gets all 7 rows, row i being [3i, 3i+1, 3i+2].
         assert torch.equal(result["gathered"], ROWS), rank
+        assert torch.equal(result["few"], ROWS[:3]), rank
         assert result["summed"].item() == 3.0  # 1 + 2
 
 
