@@ -209,3 +209,22 @@ def layering(session: nox.Session) -> None:
     """The dependency direction between packages (no package installed: it reads sources)."""
     session.install("pytest")
     session.run("pytest", "tests/test_layering.py", "-p", "no:cacheprovider")
+
+
+MUTATION_TOOLS = ("cosmic-ray==8.7.0",)
+
+
+@nox.session(python=PYTHON, default=False)
+def mutation(session: nox.Session) -> None:
+    """Mutation testing (cosmic-ray) of the targets in mutation/targets.toml; see TESTING.md.
+
+    cosmic-ray lives in this session's own environment; each mutant's tests run in the shared
+    one (.nox/virtex). Arguments after `--` choose targets, e.g. `nox -s mutation -- cider-d`.
+    Not part of the README's test command: it takes minutes per target.
+    """
+    SharedEnv(session)
+    session.install(*MUTATION_TOOLS)
+    session.run(
+        "python", "mutation/run.py", "--python", str(SHARED_ENV / "bin" / "python"),
+        *session.posargs,
+    )  # fmt: skip

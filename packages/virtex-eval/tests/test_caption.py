@@ -7,6 +7,7 @@ import shutil
 import stat
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +23,6 @@ from virtex_eval.captioner import (
     DecodeSettings,
     caption_command,
     load_captioner,
-    read_coco_captions,
 )
 from virtex_eval.images import (
     ImageFileError,
@@ -31,7 +31,6 @@ from virtex_eval.images import (
     load_image,
     load_image_tensor,
 )
-from virtex_eval.metrics import caption_scores
 from virtex_eval.spice import SpiceUnavailable, find_spice_jar, spice_score
 
 
@@ -193,6 +192,10 @@ def _coco_fixture(tmp_path: Path) -> tuple[Path, Path, Path]:
         records["annotations"].append(
             {"id": 10 + index, "image_id": 100 + index, "caption": "A picture of something."}
         )
+        # Capitals and punctuation: scores differ unless the references are PTB-tokenised.
+        records["annotations"].append(
+            {"id": 20 + index, "image_id": 100 + index, "caption": f"{caption.title()}, far away!"}
+        )
     annotations = tmp_path / "captions_val.json"
     annotations.write_text(json.dumps(records))
     return tmp_path / "model.pt", annotations, images
@@ -245,15 +248,45 @@ def test_cli_coco_evaluation_writes_results_and_scores(tmp_path: Path) -> None:
         for i, (_, caption) in enumerate(h.SCENES.values())
     ]
     metrics = json.loads((tmp_path / "results_metrics.json").read_text())
-    _, references = read_coco_captions(annotations)
-    expected = caption_scores({r["image_id"]: r["caption"] for r in results}, references)
+    # The COCO toolkit itself on the same files: its Java PTB tokenizer, then its scorers.
+    expected, expected_cider = _toolkit_scores(results, annotations)
     for name, value in expected.items():
-        assert metrics[name] == pytest.approx(value)
+        assert metrics[name] == pytest.approx(value, abs=1e-9), name
     assert metrics["num_images"] == 3
     assert metrics["decoder"] == {"mode": "beam", "beam_size": 2, "max_steps": 12}
-    assert "CIDEr" in result.output and "BLEU-4" in result.output
+    assert f"{metrics['CIDEr']:.4f}" in result.output and "BLEU-4" in result.output
     per_image = json.loads((tmp_path / "per_image.json").read_text())
     assert set(per_image) == {"100", "101", "102"}
+    for key, value in expected_cider.items():
+        assert per_image[str(key)]["CIDEr"] == pytest.approx(value, abs=1e-9), key
+
+
+def _toolkit_scores(
+    results: list[dict[str, Any]], annotations: Path
+) -> tuple[dict[str, float], dict[int, float]]:
+    """pycocoevalcap's corpus scores and per-image CIDEr-D of ``results`` against the COCO
+    captions file, read with ``json`` here (a required reference: its test extra and Java)."""
+    if shutil.which("java") is None:
+        pytest.fail("java is missing: pycocoevalcap's PTB tokenizer runs on Java", pytrace=False)
+    try:
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.rouge.rouge import Rouge
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    except ImportError as error:
+        pytest.fail(f"pycocoevalcap (virtex-eval's test extra) is missing: {error}", pytrace=False)
+    references: dict[int, list[dict[str, str]]] = {}
+    for record in json.loads(annotations.read_text())["annotations"]:
+        references.setdefault(record["image_id"], []).append({"caption": record["caption"]})
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize(references)
+    res = tokenizer.tokenize({r["image_id"]: [{"caption": r["caption"]}] for r in results})
+    cider, cider_each = Cider().compute_score(gts, res)
+    bleus, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    rouge, _ = Rouge().compute_score(gts, res)
+    scores = {"CIDEr": cider, "ROUGE-L": rouge}
+    scores.update({f"BLEU-{k + 1}": value for k, value in enumerate(bleus)})
+    return scores, dict(zip(gts, (float(v) for v in cider_each), strict=True))
 
 
 def test_cli_coco_limit_and_missing_image(tmp_path: Path) -> None:
@@ -322,17 +355,37 @@ def test_spice_unavailable_says_what_is_missing(
 ) -> None:
     (tmp_path / "spice-1.0.jar").write_bytes(b"")
     monkeypatch.setenv("VIRTEX_SPICE_JAR", str(tmp_path))
-    if shutil.which("java") is None:
-        with pytest.raises(SpiceUnavailable, match="needs Java"):
+    # Without java on PATH: that is what is named.
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(SpiceUnavailable, match="needs Java"):
+        find_spice_jar()
+    # With a java, but the jar's lib/ lacks CoreNLP: the missing jars and the variable are named.
+    # pycocoevalcap's own SPICE folder is the second place looked in; whether it is complete
+    # is decided here from its files, so exactly one outcome is right on this machine.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "java").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "java").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    from pycocoevalcap.spice import spice as toolkit
+
+    toolkit_jar = Path(toolkit.__file__).parent / "spice-1.0.jar"
+    corenlp = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+    toolkit_complete = toolkit_jar.is_file() and all(
+        (toolkit_jar.parent / "lib" / name).is_file() for name in corenlp
+    )
+    if toolkit_complete:
+        assert find_spice_jar() == toolkit_jar
+    else:
+        with pytest.raises(SpiceUnavailable) as error:
             find_spice_jar()
-        return
-    try:
-        jar = find_spice_jar()
-    except SpiceUnavailable as error:
-        assert "stanford-corenlp-3.6.0.jar" in str(error)
-        assert "VIRTEX_SPICE_JAR" in str(error)
-    else:  # a complete SPICE installation exists elsewhere on this machine
-        assert jar.name == "spice-1.0.jar"
+        assert f"{tmp_path / 'lib'} lacks stanford-corenlp-3.6.0.jar" in str(error.value)
+        assert "VIRTEX_SPICE_JAR" in str(error.value)
+    # A complete folder named by VIRTEX_SPICE_JAR is used first.
+    (tmp_path / "lib").mkdir()
+    for name in corenlp:
+        (tmp_path / "lib" / name).write_bytes(b"")
+    assert find_spice_jar() == tmp_path / "spice-1.0.jar"
 
 
 def test_spice_runs_the_jar_and_reads_its_output(tmp_path: Path) -> None:

@@ -1,10 +1,17 @@
-"""Captioning metrics against hand-computed values, and against pycocoevalcap when installed."""
+"""Captioning metrics against hand-computed values and against pycocoevalcap.
+
+pycocoevalcap (and Java, for its PTB tokenizer) are required: they are declared in
+virtex-eval's ``test`` extra, and a missing one fails the reference checks instead of skipping
+them.
+"""
 
 from __future__ import annotations
 
+import importlib
 import math
 import random
 import shutil
+from types import ModuleType
 
 import pytest
 
@@ -16,6 +23,27 @@ from virtex_eval.metrics import (
     ngram_counts,
     rouge_l,
 )
+
+
+def require(module: str) -> ModuleType:
+    """``module``, or a failed test naming the missing test extra (never a skip)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        pytest.fail(
+            f"{module} is missing ({error}): it is part of virtex-eval's test extra "
+            "(pip install -e 'packages/virtex-eval[test]'); reference checks do not skip",
+            pytrace=False,
+        )
+
+
+def require_java() -> None:
+    if shutil.which("java") is None:
+        pytest.fail(
+            "java is missing: pycocoevalcap's PTB tokenizer runs Stanford CoreNLP on Java "
+            "(e.g. apt-get install openjdk-17-jre-headless)",
+            pytrace=False,
+        )
 
 
 def _tok(corpus: dict[int, list[str]]) -> dict[int, list[list[str]]]:
@@ -46,12 +74,58 @@ def test_cider_d_clips_repeated_words() -> None:
     assert per_image[1] == pytest.approx(10 * math.exp(-1 / 72) / (3 * math.sqrt(2)) / 4)
 
 
+def test_cider_d_length_penalty_counts_bigrams_of_one_word_captions_as_zero() -> None:
+    # One word each: no bigram on either side, so the lengths are equal (0 and 0) and there is
+    # no penalty: unigram cosine 1 -> 10 * 1 / 4 per image.
+    candidates = {1: ["c"], 2: ["d"]}
+    corpus, per_image = cider_d(candidates, _tok({1: ["c"], 2: ["d"]}))
+    assert per_image == {1: pytest.approx(2.5, abs=1e-12), 2: pytest.approx(2.5, abs=1e-12)}
+
+
 def test_cider_d_idf_zero_for_ngrams_in_every_image() -> None:
     # "a" appears in the references of both images: weight ln2 - ln2 = 0, it earns nothing.
     candidates = {1: ["a"], 2: ["a"]}
     references = _tok({1: ["a x"], 2: ["a y"]})
     corpus, _ = cider_d(candidates, references)
     assert corpus == 0.0
+
+
+def test_cider_d_document_frequency_counts_an_image_once() -> None:
+    # "a" occurs in both references of image 1 but in no other image: its document frequency
+    # is 1 (images), not 2 (references), so its weight is ln 2 - ln 1 = ln 2, like every other
+    # n-gram's, and the weights cancel in the cosines. Image 1, per reference: unigram cosine
+    # ln2 / (ln2 * sqrt(2) ln2) * ln2 = 1/sqrt(2); no bigram in the candidate (zero norm);
+    # 0 vs 1 bigrams: penalty exp(-1/72). Image 2 is the same with one reference.
+    candidates = {1: ["a"], 2: ["d"]}
+    references = _tok({1: ["a b", "a c"], 2: ["d e"]})
+    corpus, per_image = cider_d(candidates, references)
+    each = 10 * (1 / math.sqrt(2)) * math.exp(-1 / 72) / 4
+    assert per_image[1] == pytest.approx(each, abs=1e-12)
+    assert per_image[2] == pytest.approx(each, abs=1e-12)
+    assert corpus == pytest.approx(each, abs=1e-12)  # a df of 2 would zero image 1
+
+
+def test_cider_d_with_ngrams_repeated_within_references_matches_pycocoevalcap() -> None:
+    cider_module = require("pycocoevalcap.cider.cider")
+    # Every image repeats n-grams across its own references ("a dog", "on the", "the grass").
+    predictions = {
+        1: "a dog on the grass",
+        2: "a cat on a sofa",
+        3: "the dog runs",
+        4: "two dogs on the grass",
+    }
+    references = {
+        1: ["a dog on the grass", "a dog lying on the grass", "the dog on grass"],
+        2: ["a cat sleeping on a sofa", "a cat on the sofa", "a grey cat"],
+        3: ["the dog runs on the beach", "a dog runs", "the dog runs fast"],
+        4: ["two dogs play on the grass", "dogs on the grass", "two dogs"],
+    }
+    ours, ours_each = cider_d({k: v.split() for k, v in predictions.items()}, _tok(references))
+    theirs, theirs_each = cider_module.Cider().compute_score(
+        references, {k: [v] for k, v in predictions.items()}
+    )
+    assert ours == pytest.approx(theirs, abs=1e-9)
+    assert [ours_each[k] for k in references] == pytest.approx(list(theirs_each), abs=1e-9)
 
 
 def test_cider_d_averages_over_references() -> None:
@@ -190,7 +264,7 @@ def _random_corpus(seed: int, images: int) -> tuple[dict[int, str], dict[int, li
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_matches_pycocoevalcap_on_pretokenized_input(seed: int) -> None:
-    pytest.importorskip("pycocoevalcap")
+    require("pycocoevalcap")
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -212,9 +286,8 @@ def test_matches_pycocoevalcap_on_pretokenized_input(seed: int) -> None:
 
 
 def test_matches_pycocoevalcap_with_its_java_tokenizer() -> None:
-    pytest.importorskip("pycocoevalcap")
-    if shutil.which("java") is None:
-        pytest.skip("the toolkit's tokenizer needs java")
+    require("pycocoevalcap")
+    require_java()
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer

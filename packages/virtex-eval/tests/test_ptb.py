@@ -2,7 +2,8 @@
 
 The expected strings were produced by Stanford CoreNLP 3.4.1's ``PTBTokenizer -preserveLines
 -lowerCase`` (the jar shipped with pycocoevalcap) followed by the toolkit's punctuation filter;
-``test_matches_java_tokenizer`` re-runs the Java tokenizer when Java is installed.
+``test_matches_java_tokenizer`` re-runs the Java tokenizer (Java and pycocoevalcap are required:
+a missing one fails it).
 """
 
 from __future__ import annotations
@@ -119,15 +120,26 @@ def test_punctuation_list_is_the_toolkits() -> None:
     assert "-LRB-" in COCO_PUNCTUATIONS and "-lrb-" not in COCO_PUNCTUATIONS
 
 
-def _java_jar() -> Path | None:
+def _java_jar() -> Path:
+    """pycocoevalcap's CoreNLP jar; a failed test (not a skip) when Java or the toolkit is missing:
+    both are needed by the reference check (pycocoevalcap is in virtex-eval's test extra)."""
     if shutil.which("java") is None:
-        return None
+        pytest.fail(
+            "java is missing: the reference PTB tokenizer is Stanford CoreNLP on Java "
+            "(e.g. apt-get install openjdk-17-jre-headless)",
+            pytrace=False,
+        )
     try:
         from pycocoevalcap.tokenizer import ptbtokenizer
-    except ImportError:
-        return None
+    except ImportError as error:
+        pytest.fail(
+            f"pycocoevalcap is missing ({error}): it is part of virtex-eval's test extra "
+            "(pip install -e 'packages/virtex-eval[test]')",
+            pytrace=False,
+        )
     jar = Path(ptbtokenizer.__file__).parent / ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR
-    return jar if jar.is_file() else None
+    assert jar.is_file(), f"pycocoevalcap ships no {jar}"
+    return jar
 
 
 REALISTIC = [
@@ -151,8 +163,6 @@ REALISTIC = [
 
 def test_matches_java_tokenizer(tmp_path: Path) -> None:
     jar = _java_jar()
-    if jar is None:
-        pytest.skip("needs java and pycocoevalcap's CoreNLP jar (the hand-checked cases above run)")
     source = tmp_path / "captions.txt"
     captions = [raw for raw, _ in CASES if raw] + REALISTIC
     source.write_text("\n".join(captions), encoding="utf-8")
@@ -168,8 +178,6 @@ def test_adversarial_strings_mostly_match_java(tmp_path: Path) -> None:
     """3,000 random strings of clitics, abbreviations, numbers and glued punctuation: the known
     differences (CAPTIONING.md) are constructs absent from real captions; keep them under 1%."""
     jar = _java_jar()
-    if jar is None:
-        pytest.skip("needs java and pycocoevalcap's CoreNLP jar")
     import random
 
     words = [

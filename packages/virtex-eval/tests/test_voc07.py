@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,12 @@ def test_average_precision_by_hand_and_against_sklearn() -> None:
         0.5 * 1 + 0.5 * 2 / 3
     )
     assert average_precision([3, 2, 1], [1, 1, 1]) == 1.0
-    assert math.isnan(average_precision([1.0, 2.0], [0, 0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no positive: nan, without dividing by zero
+        assert math.isnan(average_precision([1.0, 2.0], [0, 0]))
+    for scores, labels in (([0.1, 0.2], [1, 0, 1]), ([0.1, 0.2, 0.3], [1, 0])):
+        with pytest.raises(ValueError, match=r"scores \(\d,\) and labels \(\d,\) differ"):
+            average_precision(scores, labels)
     rng = np.random.default_rng(0)
     for _ in range(20):
         scores = rng.integers(0, 6, 50).astype(float)  # many ties
@@ -164,6 +170,30 @@ def test_sweep_matches_the_original_procedure_and_parallel_equals_sequential() -
         assert sequential.ap[k] == pytest.approx(ap, abs=1e-9)
 
 
+def test_cross_validation_ties_keep_the_first_cost_as_the_original() -> None:
+    """Features that encode the labels: every C reaches CV AP 1.0 on every class (a four-way
+    tie). The original (clf_voc07.py) keeps a C only when its mean CV AP is strictly greater
+    than the best so far, walking the costs in the order given: the first listed C wins."""
+    rng = np.random.default_rng(1)
+    train_x, train_y = _separable(90, 4, rng)
+    test_x, test_y = _separable(60, 4, rng)
+    none_train, none_test = np.zeros_like(train_y, bool), np.zeros_like(test_y, bool)
+    result = train_test_svms(
+        train_x, train_y, none_train, test_x, test_y, none_test, jobs=1, progress=False
+    )
+    assert result.cv_ap == [1.0] * 4
+    assert result.best_cost == [0.01] * 4
+    assert result.not_converged == 0  # 4 classes x (4 costs x 3 folds + 1 refit) fits, all done
+    for k in range(4):  # the original's procedure, written with cross_val_score
+        cost, _ = _original_one_class(train_x, train_y[:, k], test_x, test_y[:, k], none_test[:, k])
+        assert cost == 0.01
+    descending = train_test_svms(
+        train_x, train_y, none_train, test_x, test_y, none_test,
+        config=SvmConfig(costs=(10.0, 1.0, 0.1, 0.01)), jobs=1, progress=False,
+    )  # fmt: skip
+    assert descending.best_cost == [10.0] * 4
+
+
 def test_difficult_test_images_are_ignored() -> None:
     rng = np.random.default_rng(3)
     train_x, train_y = _separable(60, 2, rng)
@@ -181,6 +211,80 @@ def test_difficult_test_images_are_ignored() -> None:
         train_x, train_y, none, test_x, test_y, np.zeros_like(test_d), jobs=1, progress=False
     )
     assert counted.ap[0] < 0.99
+
+
+def test_excluded_difficult_images_are_left_out_of_training() -> None:
+    # train_difficult="exclude" is the same sweep as "negative" on the trainval images without
+    # the difficult ones (computed here by removing those rows).
+    rng = np.random.default_rng(4)
+    train_x, train_y = _separable(60, 2, rng)
+    test_x, test_y = _separable(30, 2, rng)
+    train_x = train_x + rng.normal(0, 0.4, train_x.shape)  # not separable: the data matter
+    difficult = np.zeros_like(train_y, bool)
+    difficult[::4, 0] = True
+    train_y[difficult] = 0
+    none = np.zeros_like(test_y, bool)
+    mode = json.loads('"exclude"')  # as the command line passes it: built at run time
+    excluded = train_test_svms(
+        train_x, train_y, difficult, test_x, test_y, none,
+        config=SvmConfig(train_difficult=mode), jobs=1, progress=False,
+    )  # fmt: skip
+    keep = ~difficult[:, 0]
+    subset = train_test_svms(
+        train_x[keep], train_y[keep], difficult[keep], test_x, test_y, none, jobs=1,
+        progress=False,
+    )  # fmt: skip
+    # Class 0 (with difficult images) as on the subset; class 1 (none) as on every image.
+    assert excluded.ap[0] == subset.ap[0] and excluded.cv_ap[0] == subset.cv_ap[0]
+    negative = train_test_svms(
+        train_x, train_y, difficult, test_x, test_y, none, jobs=1, progress=False
+    )
+    assert excluded.ap[1] == negative.ap[1] and excluded.cv_ap[1] == negative.cv_ap[1]
+    assert negative.cv_ap[0] != excluded.cv_ap[0]  # the fixture tells the two apart
+
+
+def test_a_class_without_a_usable_fold_has_nan_cv_ap_and_the_first_cost() -> None:
+    # One positive: every 3-fold split leaves it either out of training or out of validation,
+    # so no fold gives an AP; the first C is kept and its CV AP is nan (not 0).
+    rng = np.random.default_rng(5)
+    x = l2_normalize(rng.normal(size=(12, 4)))
+    y = np.zeros((12, 1), np.float32)
+    y[0, 0] = 1
+    none = np.zeros_like(y, bool)
+    result = train_test_svms(x, y, none, x, y, none, jobs=1, progress=False)
+    assert result.best_cost == [0.01] and math.isnan(result.cv_ap[0])
+
+
+def test_a_fold_without_both_labels_is_skipped_and_the_others_count() -> None:
+    # One negative (image 0): the first fold validates on it, so its training rows are all
+    # positive and it is skipped; the other two folds train on both labels and validate on
+    # positives only (AP 1.0). The CV AP is their mean, 1.0, not nan.
+    rng = np.random.default_rng(6)
+    x = l2_normalize(rng.normal(size=(12, 4)))
+    y = np.ones((12, 1), np.float32)
+    y[0, 0] = 0
+    none = np.zeros_like(y, bool)
+    result = train_test_svms(x, y, none, x, y, none, jobs=1, progress=False)
+    assert result.cv_ap == [1.0] and result.best_cost == [0.01]
+
+
+def test_voc_style_negative_labels_mean_the_same_as_zero() -> None:
+    # The VOC files say -1 for "absent": only labels > 0 are positives, in training and test.
+    rng = np.random.default_rng(7)
+    train_x, train_y = _separable(60, 2, rng)
+    test_x, test_y = _separable(40, 2, rng)
+    train_x = train_x + rng.normal(0, 1.0, train_x.shape)
+    test_x = test_x + rng.normal(0, 1.0, test_x.shape)
+    none_train, none_test = np.zeros_like(train_y, bool), np.zeros_like(test_y, bool)
+    zeros = train_test_svms(
+        train_x, train_y, none_train, test_x, test_y, none_test, jobs=1, progress=False
+    )
+    voc = train_test_svms(
+        train_x, np.where(train_y > 0, 1, -1), none_train, test_x, np.where(test_y > 0, 1, -1),
+        none_test, jobs=1, progress=False,
+    )  # fmt: skip
+    assert voc.ap == zeros.ap and voc.cv_ap == zeros.cv_ap
+    assert all(ap < 0.99 for ap in zeros.ap)  # test AP below 1: the negatives matter
 
 
 def test_class_without_positives_is_named() -> None:

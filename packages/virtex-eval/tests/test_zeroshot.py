@@ -23,7 +23,6 @@ from virtex_eval.zeroshot import (
     read_image_folders,
     zeroshot_command,
 )
-from virtex_models.captioning import reverse_captions
 
 CAPTIONS = [caption for _, caption in h.SCENES.values()]
 
@@ -60,7 +59,7 @@ def test_forward_scores_equal_the_models_log_likelihood(tmp_path: Path) -> None:
 
 
 def test_backward_scores_equal_incremental_decoding(tmp_path: Path) -> None:
-    data, _ = h.trained()
+    data, tok = h.trained()
     captioner = load_captioner(data)
     images, _ = h.scene_tensors(h.write_images(tmp_path)[0].parent)
     classifier = ZeroShotClassifier(
@@ -72,8 +71,9 @@ def test_backward_scores_equal_incremental_decoding(tmp_path: Path) -> None:
     grid = captioner.objective.visual(images)
     for c in range(2):
         length = int(classifier.lengths[c])
-        reversed_row = reverse_captions(classifier.tokens[c : c + 1], classifier.lengths[c : c + 1])
-        row = reversed_row[0, :length]
+        # The prompt read right to left, by hand: [EOS] ... [SOS].
+        row = classifier.tokens[c, :length].flip(0)
+        assert int(row[0]) == tok.special.eos and int(row[-1]) == tok.special.sos
         # Token by token through the key/value-cached decoding API: another code path.
         state = head.start(grid)
         total = torch.zeros(3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -105,6 +106,49 @@ def test_pretrain_writes_the_run_directory_and_resumes(config_file: Path, tmp_pa
     steps = [m["step"] for m in _lines(out / "metrics.jsonl") if m["split"] == "train"]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert torch.load(out / "checkpoints" / "final.pt", weights_only=True)["step"] == 6
+
+
+def _closed_form_lr(peak: float, step: int, kind: str, warmup: int, total: int) -> float:
+    """The learning rate of 1-based step ``step``, written out: linear warm-up to the peak over
+    ``warmup`` steps, then cosine or linear decay to 0 over the remaining ``total - warmup``
+    steps. Step ``s`` is the ``s``-th update, so its decay progress is ``(s - 1 - warmup)``."""
+    if step <= warmup:
+        return peak * step / warmup
+    progress = (step - 1 - warmup) / (total - warmup)
+    if kind == "cosine":
+        return peak * (1 + math.cos(math.pi * progress)) / 2
+    return peak * (1 - progress)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_logged_learning_rates_follow_the_configured_schedule(
+    config_file: Path, tmp_path: Path, kind: str
+) -> None:
+    total, warmup, cnn_lr, lr = 6, 2, 0.05, 0.003
+    args = [
+        f"optim.schedule.kind={kind}", f"optim.schedule.warmup_steps={warmup}",
+        f"optim.cnn_lr={cnn_lr}", f"optim.lr={lr}", f"train.num_steps={total}",
+        f"train.val_every={total}", f"train.checkpoint_every={total}",
+        "train.sample_captions=0",
+    ]  # fmt: skip
+    result = CliRunner().invoke(
+        main, ["pretrain", str(config_file), *args, "-o", str(tmp_path), "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    train = [m for m in _lines(tmp_path / "metrics.jsonl") if m["split"] == "train"]
+    assert [m["step"] for m in train] == list(range(1, total + 1))
+    # By hand, cosine: 1/2, 1, then (1 + cos(pi t)) / 2 for t = 0, 1/4, 1/2, 3/4.
+    factors = [_closed_form_lr(1.0, m["step"], kind, warmup, total) for m in train]
+    if kind == "cosine":
+        assert factors == pytest.approx([0.5, 1.0, 1.0, 0.853553, 0.5, 0.146447], abs=1e-6)
+    for record, factor in zip(train, factors, strict=True):
+        assert record["lr/visual"] == pytest.approx(cnn_lr * factor, rel=1e-9), record
+        assert record["lr/other"] == pytest.approx(lr * factor, rel=1e-9), record
+    # What the optimiser last used is the last step's rate, not the next one's.
+    groups = torch.load(tmp_path / "checkpoints" / "final.pt", weights_only=True)["optimizer"]
+    for group in groups["param_groups"]:
+        peak = cnn_lr if group["name"].startswith("visual") else lr
+        assert group["lr"] == pytest.approx(peak * factors[-1], rel=1e-9), group["name"]
 
 
 def test_unknown_key_is_a_usage_error_naming_it(config_file: Path, tmp_path: Path) -> None:

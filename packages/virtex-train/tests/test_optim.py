@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 from typing import Literal
 
@@ -74,9 +75,39 @@ def test_warmup_longer_than_run_never_divides_by_zero() -> None:
     assert lr_factor(10, cfg, total_steps=5) == 0.0  # past the end of the run
 
 
+def test_schedule_with_one_decay_step_and_runs_of_one_step() -> None:
+    # One decay step after warm-up: that step is at t = 0 (the peak), not at the end.
+    cfg = ScheduleConfig(kind="cosine", warmup_steps=2)
+    assert [lr_factor(s, cfg, total_steps=3) for s in range(3)] == [0.5, 1.0, 1.0]
+    # Warm-up as long as the run: past it, the factor is 0 (no decay steps to divide by).
+    for kind in ("cosine", "linear"):
+        whole = ScheduleConfig(kind=kind, warmup_steps=4)  # type: ignore[arg-type]
+        assert [lr_factor(s, whole, total_steps=4) for s in (3, 4)] == [1.0, 0.0]
+    # A run of a single update is valid (and at the peak without warm-up).
+    assert lr_factor(0, ScheduleConfig(kind="linear", warmup_steps=0), total_steps=1) == 1.0
+
+
+def test_schedule_kind_parsed_at_run_time_and_unknown_kinds() -> None:
+    # A kind read from a config file is a new string object equal to the literal.
+    expected = {"cosine": 0.5, "linear": 0.5, "multistep": 0.1, "constant": 1.0}
+    for literal, factor in expected.items():
+        kind = json.loads(f'"{literal}"')
+        cfg = ScheduleConfig(kind=kind, warmup_steps=4, milestones=[8])
+        assert lr_factor(8, cfg, total_steps=12) == pytest.approx(factor), literal
+    # lr_factor names a kind it does not know (the config parser rejects them earlier): none
+    # silently falls into another schedule's branch.
+    for unknown in ("bogus", "zzz"):
+        cfg = ScheduleConfig(warmup_steps=0)
+        cfg.kind = unknown  # type: ignore[assignment]
+        with pytest.raises(ValueError, match=f"kind '{unknown}' is not supported"):
+            lr_factor(1, cfg, total_steps=4)
+
+
 def test_schedule_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="step"):
         lr_factor(-1, ScheduleConfig(), 10)
+    with pytest.raises(ValueError, match="total_steps must be >= 1, got 0"):
+        lr_factor(0, ScheduleConfig(), 0)
     with pytest.raises(ValueError, match="milestones"):
         ScheduleConfig(kind="multistep", milestones=[5, 3])
     with pytest.raises(ValueError, match="warmup_steps"):
