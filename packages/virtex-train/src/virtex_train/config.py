@@ -73,6 +73,12 @@ class TrainConfig:
         val_every: updates between validations.
         val_batches: validation batches per validation (``None`` = the whole split).
         sample_captions: decoded validation captions logged at each validation.
+        init_from: start from these weights (weights only: step, optimiser and schedule start
+            fresh): a checkpoint of ours ``CKPT.pt``, ``original:CKPT,CONFIG.yaml`` or
+            ``torchvision:PATH[,ARCH]`` (see :mod:`virtex_train.init_from`). Not re-applied when
+            a run resumes.
+        init_strict: with ``init_from``, parameters missing from the source or not in the model
+            are an error (else reported and skipped).
     """
 
     num_steps: int = 500000
@@ -88,6 +94,8 @@ class TrainConfig:
     val_every: int = 2000
     val_batches: int | None = 20
     sample_captions: int = 4
+    init_from: str | None = None
+    init_strict: bool = True
 
     def __post_init__(self) -> None:
         for name in ("num_steps", "batch_size", "grad_accumulation", "log_every"):
