@@ -355,6 +355,8 @@ def _run(
         num_samples=train_cfg.sample_captions,
         decode=tokenizer.decode,
         references=references,
+        collapse_threshold=train_cfg.collapse_threshold if target == "captioning" else 0.0,
+        collapse_after=config.optim.schedule.warmup_steps,
     )
 
     def build(trainer: Trainer) -> dict[str, Any]:
