@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ def _validate(
         every=10,
         max_batches=max_batches,
         decode=lambda row: " ".join(f"w{i}" for i in row),
+        references=lambda image_id: [f"w{image_id} w{image_id + 1}"],
         collapse_threshold=0.05,
         collapse_after=20,
     )
@@ -125,3 +127,17 @@ def test_threshold_zero_decodes_nothing(tmp_path: Path) -> None:
     log.close()
     record = json.loads((tmp_path / "metrics.jsonl").read_text())
     assert objective.modes == [] and "distinct_captions" not in record
+
+
+def test_cider_of_the_greedy_captions_against_their_references(tmp_path: Path) -> None:
+    _, varied, _ = _validate(tmp_path / "a", collapsed=False, step=30)
+    # Each caption equals its one reference ("wK wK+1"): cosine 1 for unigrams and bigrams, no
+    # 3- or 4-grams in two-word captions (0), equal lengths: 10 * (1 + 1 + 0 + 0) / 4 = 5.
+    assert varied["cider"] == pytest.approx(5.0, abs=1e-9)
+    _, collapsed, _ = _validate(tmp_path / "b", collapsed=True, step=30)
+    # "w0 w1" for all 24 images: exact for image 0 (CIDEr 5); image 1 (reference "w1 w2")
+    # shares the unigram w1: idf(w0) = log(24 / 1), idf(w1) = idf(w2) = log(24 / 2), cosine
+    # idf1^2 / (|(idf0, idf1)| |(idf1, idf2)|), no shared bigram; nothing with the others.
+    idf0, idf1 = math.log(24), math.log(12)
+    cosine = idf1**2 / (math.hypot(idf0, idf1) * math.hypot(idf1, idf1))
+    assert collapsed["cider"] == pytest.approx((5.0 + 10 * cosine / 4) / 24, rel=1e-9)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from virtex_data.caption_metrics import cider_d, tokenize_corpus
 from virtex_train.checkpoint import CheckpointManager
 from virtex_train.distributed import all_gather_objects, all_reduce_sum
 from virtex_train.precision import autocast
@@ -230,8 +231,9 @@ class ValidationHook(Hook):
         decode: token ids -> text.
         references: image id -> reference captions.
         collapse_threshold: decode every validation image of the ``max_batches`` (greedy,
-            batched; captioning objectives only) and warn when the fraction of distinct
-            captions over all ranks falls below this (0: no decoding, no check).
+            batched; captioning objectives only), log CIDEr-D against ``references`` and the
+            fraction of distinct captions over all ranks, and warn when that fraction falls
+            below this (0: no decoding, no check).
         collapse_after: steps (the warm-up) before a low fraction is warned about.
     """
 
@@ -285,7 +287,7 @@ class ValidationHook(Hook):
         objective.eval()
         totals = torch.zeros(2, dtype=torch.float64, device=trainer.device)
         samples: list[dict[str, Any]] = []
-        captions: list[str] = []
+        captions: list[tuple[int, str]] = []
         generate = getattr(objective, "generate", None)
         check = self.collapse_threshold > 0 and generate is not None and self.decode is not None
         try:
@@ -306,7 +308,12 @@ class ValidationHook(Hook):
                         assert generate is not None and self.decode is not None
                         with autocast(trainer.precision, trainer.device):
                             tokens = generate(batch.images, mode="greedy")
-                        captions.extend(self.decode(row) for row in tokens.tolist())
+                        captions.extend(
+                            (int(image_id), self.decode(row))
+                            for image_id, row in zip(
+                                batch.image_ids.tolist(), tokens.tolist(), strict=True
+                            )
+                        )
         finally:
             objective.train()
         all_reduce_sum(totals)
@@ -324,12 +331,22 @@ class ValidationHook(Hook):
             self.log.text("val/captions", text, trainer.step)
         return loss
 
-    def _collapse(self, step: int, captions: list[str]) -> dict[str, Any]:
-        """Distinct-caption fraction over all ranks; warns (stdout, TensorBoard) below the bar."""
-        every = [caption for part in all_gather_objects(captions) for caption in part]
+    def _collapse(self, step: int, captions: list[tuple[int, str]]) -> dict[str, Any]:
+        """Distinct-caption fraction and CIDEr over all ranks; warns below the threshold."""
+        pairs = [pair for part in all_gather_objects(captions) for pair in part]
+        every = [caption for _, caption in pairs]
         distinct = len(set(every)) / len(every) if every else 1.0
         self.last_distinct = distinct
         self.collapsed = step >= self.collapse_after and distinct < self.collapse_threshold
+        record: dict[str, Any] = {
+            "distinct_captions": distinct,
+            "decoded_images": len(every),
+            "collapse_warning": int(self.collapsed),
+        }
+        if self.references is not None and self.log.enabled:
+            cider = self._cider(dict(pairs))
+            if cider is not None:
+                record["cider"] = cider
         if self.collapsed and self.log.enabled:
             common = max(set(every), key=every.count)
             message = (
@@ -339,11 +356,19 @@ class ValidationHook(Hook):
             )
             print(message, flush=True)
             self.log.text("val/collapse_warning", message, step)
-        return {
-            "distinct_captions": distinct,
-            "decoded_images": len(every),
-            "collapse_warning": int(self.collapsed),
-        }
+        return record
+
+    def _cider(self, predictions: dict[int, str]) -> float | None:
+        """CIDEr-D (pycocoevalcap's, PTB-tokenised) of greedy captions vs their references."""
+        assert self.references is not None
+        references = {key: self.references(key) for key in predictions}
+        keys = [key for key, refs in references.items() if refs]
+        if len(keys) < 2:  # CIDEr's document frequencies need more than one image
+            return None
+        _, candidates, tokenized = tokenize_corpus(
+            {key: predictions[key] for key in keys}, {key: references[key] for key in keys}
+        )
+        return cider_d(candidates, tokenized)[0]
 
     def _samples(self, trainer: Trainer, batch: Any) -> list[dict[str, Any]]:
         generate = getattr(trainer.objective, "generate", None)
