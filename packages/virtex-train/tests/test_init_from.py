@@ -244,6 +244,16 @@ def test_pretrain_init_from_is_weights_only_frozen_and_not_reapplied_on_resume(
     straight = pretrain(tuned, tmp_path / "a", progress=False)
     assert straight.step == 3  # step, optimiser, schedule fresh: 3 steps, not 2 + 3
     assert "init_from" in capsys.readouterr().out
+    # The captioning validation decodes greedily and logs CIDEr and the distinct fraction.
+    import json
+
+    val = [
+        json.loads(line)
+        for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+        if '"val"' in line
+    ]
+    assert val and all("cider" in r and "distinct_captions" in r for r in val)
+    assert val[-1]["decoded_images"] == 4  # val_batches=1 batch of 4
     src = load_checkpoint(source.checkpoint)["model"]
     final = load_checkpoint(straight.checkpoint)
     # The frozen backbone keeps the source weights (and BatchNorm statistics) exactly.
@@ -282,3 +292,42 @@ def test_bad_init_from_is_one_clear_error(data: Any, tmp_path: Path) -> None:
     config = _config(data, "train.num_steps=1", f"train.init_from={tmp_path / 'nope.pt'}")
     with pytest.raises(PretrainError, match="train.init_from .*nope.pt: no such file"):
         pretrain(config, tmp_path / "run", progress=False)
+
+
+def test_fine_tune_from_pretrained_beats_scratch_on_a_new_caption_set(
+    data: Any, tmp_path: Path
+) -> None:
+    """Pretrained on the built-in data, fine-tuned on the built-in data of another seed (new
+    images and captions, same grammar and tokenizer): lower validation loss than the same
+    steps from random weights."""
+    from virtex_data.lmdb_writer import build_lmdb
+    from virtex_data.synth import generate
+    from virtex_train.pretrain import pretrain
+
+    new = tmp_path / "new"
+    generate(new, train=16, val=8, size=32, seed=7, workers=1, progress=False)
+    for split in ("train", "val"):
+        build_lmdb(
+            new / "annotations" / f"captions_{split}.json", new / split, new / f"{split}.lmdb"
+        )
+    source = pretrain(
+        _config(data, "train.num_steps=40", "optim.schedule.warmup_steps=2"),
+        tmp_path / "src",
+        progress=False,
+    )
+    common = [
+        f"data.train_lmdb={new / 'train.lmdb'}",
+        f"data.val_lmdb={new / 'val.lmdb'}",
+        "train.num_steps=8",
+        "train.val_batches=null",
+        "optim.schedule.warmup_steps=2",
+    ]
+    tuned = pretrain(
+        _config(data, *common, f"train.init_from={source.checkpoint}"),
+        tmp_path / "tuned",
+        progress=False,
+    )
+    scratch = pretrain(_config(data, *common), tmp_path / "scratch", progress=False)
+    assert tuned.val_loss is not None and scratch.val_loss is not None
+    print(f"val loss: fine-tuned {tuned.val_loss:.3f}, scratch {scratch.val_loss:.3f}")
+    assert tuned.val_loss < scratch.val_loss - 0.5
