@@ -455,3 +455,22 @@ def test_caption_skips_unreadable_images_lists_them_and_captions_the_rest(tmp_pa
         # The trained model's captions of the readable images (as without the broken one).
         assert records == {str(folder / n): caption for n, (_, caption) in h.SCENES.items()}
         assert len(good) == len(records)
+
+
+def test_csv_and_jsonl_references_read_like_coco(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text(
+        'image,caption\na.png,"a red square, small"\nb.png,two circles\na.png,red\n',
+        encoding="utf-8",
+    )
+    (tmp_path / "c.jsonl").write_text(
+        '{"image": "a.png", "caption": "x", "image_id": 7}\n{"image": "b.png", "caption": "y"}\n',
+        encoding="utf-8",
+    )
+    files, references = read_coco_captions(tmp_path / "c.csv")
+    assert files == {0: "a.png", 1: "b.png"}
+    assert references == {0: ["a red square, small", "red"], 1: ["two circles"]}
+    files, references = read_coco_captions(tmp_path / "c.jsonl")
+    assert files == {7: "a.png", 1: "b.png"} and references == {7: ["x"], 1: ["y"]}
+    (tmp_path / "bad.csv").write_text("image,text\na.png,x\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad.csv:2: needs 'image' and 'caption'"):
+        read_coco_captions(tmp_path / "bad.csv")

@@ -33,6 +33,7 @@ def _one_line_error(result: Result, *needles: str) -> str:
 DEVICE_COMMANDS = {
     "caption": ["--checkpoint", "{missing}"],
     "zero-shot": ["--checkpoint", "{missing}"],
+    "retrieval": ["--checkpoint", "{missing}", "--captions", "{missing}", "--images", "{missing}"],
     "features": ["--weights", "random", "--out", "{out}"],
     "voc07-svm": ["--weights", "random", "--voc-root", "{missing}"],
     "linear": ["--weights", "random", "--train", "{missing}", "--val", "{missing}"],

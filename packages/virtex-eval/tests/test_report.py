@@ -192,3 +192,20 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert red.sum() > 1000  # the red validation image
     non_white = (pixels.sum(axis=2) < 600).mean()
     assert non_white > 0.02
+
+
+def test_caption_collapse_is_shown(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [
+        {"step": 10, "split": "val", "loss": 3.0, "distinct_captions": 0.5, "collapse_warning": 0},
+        {"step": 20, "split": "val", "loss": 2.0, "distinct_captions": 0.02, "collapse_warning": 1},
+    ]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    text = write_report(run).read_text()
+    assert "Warning: caption collapse</strong> at step(s) 20:" in text
+    assert "last val distinct captions" in text
+    quiet = tmp_path / "quiet"
+    quiet.mkdir()
+    (quiet / "metrics.jsonl").write_text(json.dumps(records[0]) + "\n")
+    assert "caption collapse" not in write_report(quiet).read_text()

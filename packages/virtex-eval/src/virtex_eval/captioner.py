@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from virtex_data.sources import OutsideImageFolder, image_path
+from virtex_data.sources import OutsideImageFolder, image_path, read_captions
 from virtex_data.tokenizer import CaptionTokenizer
 from virtex_data.transforms import EvalTransform
 from virtex_eval.images import (
@@ -356,11 +356,17 @@ def read_coco_captions(
 ) -> tuple[dict[int, str], dict[int, list[str]]]:
     """``({image id: file name}, {image id: [captions]})`` of a COCO captions JSON.
 
+    A ``.jsonl`` or ``.csv`` file (``image``, ``caption`` and optional ``image_id``, as
+    ``virtex-data build-lmdb`` reads them) is read with :func:`virtex_data.sources.read_captions`
+    into the same two mappings.
+
     Raises:
         ValueError: unreadable JSON, missing ``images``/``annotations``, malformed entries or
             captions of unknown images, naming the file and the entry.
     """
     name = str(path)
+    if Path(name).suffix.lower() in (".jsonl", ".csv"):
+        return _read_caption_rows(name)
     try:
         data = json.loads(Path(name).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -389,6 +395,25 @@ def read_coco_captions(
     without = [key for key, captions in references.items() if not captions]
     if without:
         raise ValueError(f"{name}: image id {without[0]} has no captions ({len(without)} such)")
+    return files, references
+
+
+def _read_caption_rows(name: str) -> tuple[dict[int, str], dict[int, list[str]]]:
+    try:
+        source = read_captions(name)
+    except FileNotFoundError:
+        raise ValueError(f"{name}: no such captions file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{name}: not readable ({error})") from None
+    files: dict[int, str] = {}
+    references: dict[int, list[str]] = {}
+    for image in source.images:
+        if image.image_id in files:
+            raise ValueError(f"{name}: image_id {image.image_id} names two images")
+        if not image.captions:
+            raise ValueError(f"{name}: image {image.file_name!r} has no captions")
+        files[image.image_id] = image.file_name
+        references[image.image_id] = list(image.captions)
     return files, references
 
 
@@ -425,7 +450,7 @@ def format_scores(scores: Mapping[str, float]) -> str:
 @click.option(
     "--coco-captions",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="COCO captions JSON: caption its images (from --images) and score them.",
+    help="Caption file (COCO JSON, JSONL or CSV): caption its images (from --images), score.",
 )
 @click.option(
     "--images",

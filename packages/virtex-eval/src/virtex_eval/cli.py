@@ -15,6 +15,7 @@ from virtex_eval.detectron2.cli import detectron2_command
 from virtex_eval.features import features_command
 from virtex_eval.linear import linear_command
 from virtex_eval.report import report_command
+from virtex_eval.retrieval import retrieval_command
 from virtex_eval.voc07 import voc07_command
 from virtex_eval.zeroshot import zeroshot_command
 
@@ -38,6 +39,7 @@ def main() -> None:
 for _command in (
     caption_command,
     zeroshot_command,
+    retrieval_command,
     features_command,
     voc07_command,
     linear_command,

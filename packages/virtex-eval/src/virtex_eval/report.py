@@ -363,8 +363,17 @@ def build_report(run: RunData, *, images: Path | None = None, samples: int = 24)
     if val and _is_number(val[-1].get("loss")):
         summary["last val loss"] = val[-1]["loss"]
         summary["best val loss"] = min(r["loss"] for r in val if _is_number(r.get("loss")))
+    if val and _is_number(val[-1].get("distinct_captions")):
+        summary["last val distinct captions"] = val[-1]["distinct_captions"]
     if summary:
         parts.append("<h2>Summary</h2>" + render_table(summary))
+    collapsed = [r["step"] for r in val if r.get("collapse_warning")]
+    if collapsed:  # virtex-train's validation check: nearly one caption for every image
+        parts.append(
+            f"<p><strong>Warning: caption collapse</strong> at step(s) "
+            f"{html.escape(', '.join(str(step) for step in collapsed))}: fewer distinct "
+            "greedy captions than train.collapse_threshold of the validation images.</p>"
+        )
     parts.append("<h2>Training curves</h2>")
     plots = training_plots(run.metrics) if run.metrics else []
     if plots:

@@ -32,14 +32,18 @@ from tqdm import tqdm
 from virtex_data.tokenizer import CaptionTokenizer
 from virtex_eval.captioner import Captioner, load_captioner
 from virtex_eval.images import ImageFileDataset, ImageFileError, find_images
-from virtex_models.captioning import reverse_captions
+from virtex_models.captioning import Captioning, reverse_captions
 
 __all__ = [
     "DEFAULT_PROMPT",
+    "Direction",
     "ImageFolderSplit",
     "ZeroShotClassifier",
     "ZeroShotResult",
+    "caption_log_likelihood",
+    "caption_tokens",
     "read_image_folders",
+    "resolve_direction",
     "zeroshot_command",
 ]
 
@@ -47,18 +51,36 @@ DEFAULT_PROMPT = "a photo of a {}"
 Direction = Literal["forward", "backward", "both"]
 
 
-def _prompt_tokens(
-    tokenizer: CaptionTokenizer, prompts: Sequence[str], max_length: int
+def caption_tokens(
+    tokenizer: CaptionTokenizer,
+    captions: Sequence[str],
+    max_length: int,
+    *,
+    truncate: bool = False,
 ) -> tuple[Tensor, Tensor]:
+    """``[SOS] ids [EOS]`` rows of ``captions``, right-padded: ``tokens (N, L)``, ``lengths (N,)``.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        captions: texts (prompts or captions).
+        max_length: the model's longest token sequence.
+        truncate: cut longer rows to ``max_length`` keeping the final ``[EOS]`` (as the training
+            data does); otherwise a longer row is an error.
+
+    Raises:
+        ValueError: a row longer than ``max_length`` (without ``truncate``), naming the text.
+    """
     special = tokenizer.special
     rows = []
-    for prompt in prompts:
-        row = [special.sos, *tokenizer.encode(prompt), special.eos]
+    for caption, ids in zip(captions, tokenizer.encode_batch(list(captions)), strict=True):
+        row = [special.sos, *ids, special.eos]
         if len(row) > max_length:
-            raise ValueError(
-                f"prompt {prompt!r} has {len(row)} tokens with [SOS]/[EOS]; the model takes "
-                f"at most {max_length}"
-            )
+            if not truncate:
+                raise ValueError(
+                    f"prompt {caption!r} has {len(row)} tokens with [SOS]/[EOS]; the model "
+                    f"takes at most {max_length}"
+                )
+            row = [*row[: max_length - 1], special.eos]
         rows.append(row)
     width = max(len(row) for row in rows)
     tokens = torch.full((len(rows), width), special.pad, dtype=torch.long)
@@ -73,6 +95,65 @@ def _sequence_log_prob(logits: Tensor, tokens: Tensor, lengths: Tensor) -> Tenso
     picked = log_probs.gather(2, tokens[:, 1:, None])[:, :, 0]
     positions = torch.arange(1, tokens.shape[1], device=tokens.device)[None, :]
     return picked.masked_fill(positions >= lengths[:, None], 0.0).sum(dim=1)
+
+
+def resolve_direction(objective: Captioning, direction: Direction | None) -> Direction:
+    """``direction``, or the default (``both`` for a bidirectional model, else ``forward``).
+
+    Raises:
+        ValueError: ``backward``/``both`` for a model with only the forward decoder.
+    """
+    bidirectional = objective.backward_textual is not None
+    if direction is None:
+        return "both" if bidirectional else "forward"
+    if direction != "forward" and not bidirectional:
+        raise ValueError(
+            f"direction {direction!r} needs a bidirectional (bicaptioning) model; this "
+            "checkpoint has only the forward decoder"
+        )
+    return direction
+
+
+def caption_log_likelihood(
+    objective: Captioning,
+    memory: Tensor,
+    tokens: Tensor,
+    lengths: Tensor,
+    *,
+    direction: Direction,
+    normalize: bool = False,
+) -> Tensor:
+    """Log-likelihood of caption ``n`` given image memory ``n``, for every row ``n``.
+
+    Shared by zero-shot classification and retrieval.
+
+    Args:
+        objective: a captioning objective.
+        memory: ``(N, S, D)`` projected visual features (``textual.project(visual(images))``).
+        tokens: ``(N, L)`` ``[SOS] ... [EOS]`` right-padded.
+        lengths: ``(N,)``.
+        direction: ``forward``, ``backward`` or ``both`` (the sum of the two).
+        normalize: divide each direction's sum by its number of predicted tokens
+            (``lengths - 1``).
+
+    Returns:
+        ``(N,)`` float32.
+    """
+    width = int(lengths.max())
+    tokens = tokens[:, :width]
+    predicted = (lengths - 1).float()
+    total = torch.zeros(tokens.shape[0], device=memory.device)
+    if direction in ("forward", "both"):
+        logits = objective.textual.decode(memory, tokens, lengths)
+        forward = _sequence_log_prob(logits, tokens, lengths)
+        total = total + (forward / predicted if normalize else forward)
+    if direction in ("backward", "both"):
+        assert objective.backward_textual is not None
+        reversed_tokens = reverse_captions(tokens, lengths)
+        logits = objective.backward_textual.decode(memory, reversed_tokens, lengths)
+        backward = _sequence_log_prob(logits, reversed_tokens, lengths)
+        total = total + (backward / predicted if normalize else backward)
+    return total
 
 
 class ZeroShotClassifier:
@@ -102,23 +183,15 @@ class ZeroShotClassifier:
             raise ValueError(f"the prompt template {prompt!r} needs a {{}} for the class name")
         if not class_names:
             raise ValueError("zero-shot classification needs at least one class")
-        objective = captioner.objective
-        bidirectional = objective.backward_textual is not None
-        if direction is None:
-            direction = "both" if bidirectional else "forward"
-        if direction != "forward" and not bidirectional:
-            raise ValueError(
-                f"direction {direction!r} needs a bidirectional (bicaptioning) model; this "
-                "checkpoint has only the forward decoder"
-            )
+        direction = resolve_direction(captioner.objective, direction)
         self.captioner = captioner
         self.class_names = list(class_names)
         self.prompts = [prompt.replace("{}", name) for name in self.class_names]
         self.direction: Direction = direction
         self.normalize = normalize
         self.class_chunk = max(1, class_chunk)
-        tokens, lengths = _prompt_tokens(
-            captioner.tokenizer, self.prompts, objective.textual.max_length
+        tokens, lengths = caption_tokens(
+            captioner.tokenizer, self.prompts, captioner.objective.textual.max_length
         )
         self.tokens = tokens.to(captioner.device)
         self.lengths = lengths.to(captioner.device)
@@ -144,20 +217,9 @@ class ZeroShotClassifier:
         memory = memory.repeat_interleave(classes, dim=0)  # (B * c, S, D)
         tokens = self.tokens[first:last].repeat(batch, 1)
         lengths = self.lengths[first:last].repeat(batch)
-        width = int(lengths.max())
-        tokens = tokens[:, :width]
-        predicted = (lengths - 1).float()
-        total = torch.zeros(batch * classes, device=memory.device)
-        if self.direction in ("forward", "both"):
-            logits = objective.textual.decode(memory, tokens, lengths)
-            forward = _sequence_log_prob(logits, tokens, lengths)
-            total = total + (forward / predicted if self.normalize else forward)
-        if self.direction in ("backward", "both"):
-            assert objective.backward_textual is not None
-            reversed_tokens = reverse_captions(tokens, lengths)
-            logits = objective.backward_textual.decode(memory, reversed_tokens, lengths)
-            backward = _sequence_log_prob(logits, reversed_tokens, lengths)
-            total = total + (backward / predicted if self.normalize else backward)
+        total = caption_log_likelihood(
+            objective, memory, tokens, lengths, direction=self.direction, normalize=self.normalize
+        )
         return total.reshape(batch, classes)
 
     def predict(self, images: Tensor) -> Tensor:

@@ -73,6 +73,16 @@ class TrainConfig:
         val_every: updates between validations.
         val_batches: validation batches per validation (``None`` = the whole split).
         sample_captions: decoded validation captions logged at each validation.
+        init_from: start from these weights (weights only: step, optimiser and schedule start
+            fresh): a checkpoint of ours ``CKPT.pt``, ``original:CKPT,CONFIG.yaml`` or
+            ``torchvision:PATH[,ARCH]`` (see :mod:`virtex_train.init_from`). Not re-applied when
+            a run resumes.
+        init_strict: with ``init_from``, parameters missing from the source or not in the model
+            are an error (else reported and skipped).
+        collapse_threshold: captioning models: at each validation, decode the validation
+            images (greedy, ``val_batches`` batches) and warn when the fraction of distinct
+            captions is below this after the warm-up (``optim.schedule.warmup_steps``); 0 turns
+            the decoding and the check off.
     """
 
     num_steps: int = 500000
@@ -88,6 +98,9 @@ class TrainConfig:
     val_every: int = 2000
     val_batches: int | None = 20
     sample_captions: int = 4
+    init_from: str | None = None
+    init_strict: bool = True
+    collapse_threshold: float = 0.05
 
     def __post_init__(self) -> None:
         for name in ("num_steps", "batch_size", "grad_accumulation", "log_every"):
@@ -98,6 +111,10 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.val_batches is not None and self.val_batches < 1:
             raise ValueError(f"train.val_batches must be >= 1 or null, got {self.val_batches}")
+        if not 0.0 <= self.collapse_threshold <= 1.0:
+            raise ValueError(
+                f"train.collapse_threshold must be in [0, 1], got {self.collapse_threshold}"
+            )
         if self.sample_captions < 0:
             raise ValueError(f"train.sample_captions must be >= 0, got {self.sample_captions}")
         if self.batch_size % self.grad_accumulation:

@@ -26,7 +26,7 @@ import datetime
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -220,6 +220,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if _active():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_gather_objects(value: Any) -> list[Any]:
+    """``[value of rank 0, value of rank 1, ...]`` (``[value]`` for one process)."""
+    if not _active():
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:

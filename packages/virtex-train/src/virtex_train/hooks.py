@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from virtex_data.caption_metrics import cider_d, tokenize_corpus
 from virtex_train.checkpoint import CheckpointManager
-from virtex_train.distributed import all_reduce_sum
+from virtex_train.distributed import all_gather_objects, all_reduce_sum
 from virtex_train.precision import autocast
 from virtex_train.trainer import Hook, NonFiniteLossError, StepResult, Trainer
 
@@ -229,6 +230,11 @@ class ValidationHook(Hook):
             objectives with ``generate``).
         decode: token ids -> text.
         references: image id -> reference captions.
+        collapse_threshold: decode every validation image of the ``max_batches`` (greedy,
+            batched; captioning objectives only), log CIDEr-D against ``references`` and the
+            fraction of distinct captions over all ranks, and warn when that fraction falls
+            below this (0: no decoding, no check).
+        collapse_after: steps (the warm-up) before a low fraction is warned about.
     """
 
     def __init__(
@@ -240,6 +246,8 @@ class ValidationHook(Hook):
         num_samples: int = 0,
         decode: Callable[[Sequence[int]], str] | None = None,
         references: Callable[[int], list[str]] | None = None,
+        collapse_threshold: float = 0.0,
+        collapse_after: int = 0,
     ) -> None:
         if every < 1:
             raise ValueError(f"train.val_every must be >= 1, got {every}")
@@ -253,6 +261,11 @@ class ValidationHook(Hook):
         self.last_step: int | None = None
         self.last_loss: float | None = None
         self.last_samples: list[dict[str, Any]] = []
+        self.collapse_threshold = collapse_threshold
+        self.collapse_after = collapse_after
+        #: Fraction of distinct greedy captions at the last validation (``None``: not decoded).
+        self.last_distinct: float | None = None
+        self.collapsed = False
 
     def before_train(self, trainer: Trainer) -> None:
         # A resumed run validated its checkpoint's step already (those records are kept).
@@ -274,6 +287,9 @@ class ValidationHook(Hook):
         objective.eval()
         totals = torch.zeros(2, dtype=torch.float64, device=trainer.device)
         samples: list[dict[str, Any]] = []
+        captions: list[tuple[int, str]] = []
+        generate = getattr(objective, "generate", None)
+        check = self.collapse_threshold > 0 and generate is not None and self.decode is not None
         try:
             # Validation must not move the training run's random streams (exact resume).
             with torch.random.fork_rng(devices=[]):
@@ -288,25 +304,71 @@ class ValidationHook(Hook):
                     )
                     if index == 0 and self.log.enabled and self.num_samples:
                         samples = self._samples(trainer, batch)
+                    if check:
+                        assert generate is not None and self.decode is not None
+                        with autocast(trainer.precision, trainer.device):
+                            tokens = generate(batch.images, mode="greedy")
+                        captions.extend(
+                            (int(image_id), self.decode(row))
+                            for image_id, row in zip(
+                                batch.image_ids.tolist(), tokens.tolist(), strict=True
+                            )
+                        )
         finally:
             objective.train()
         all_reduce_sum(totals)
         loss = float(totals[0] / totals[1]) if totals[1] > 0 else math.nan
         self.last_step, self.last_loss, self.last_samples = trainer.step, loss, samples
-        self.log.metrics(
-            {
-                "step": trainer.step,
-                "split": "val",
-                "loss": loss,
-                "seconds": time.perf_counter() - start,
-            }
-        )
+        record: dict[str, Any] = {"step": trainer.step, "split": "val", "loss": loss}
+        if check:
+            record.update(self._collapse(trainer.step, captions))
+        record["seconds"] = time.perf_counter() - start
+        self.log.metrics(record)
         for sample in samples:
             self.log.sample(sample)
         if samples:
             text = "\n\n".join(f"{s['image_id']}: {s['caption']}" for s in samples)
             self.log.text("val/captions", text, trainer.step)
         return loss
+
+    def _collapse(self, step: int, captions: list[tuple[int, str]]) -> dict[str, Any]:
+        """Distinct-caption fraction and CIDEr over all ranks; warns below the threshold."""
+        pairs = [pair for part in all_gather_objects(captions) for pair in part]
+        every = [caption for _, caption in pairs]
+        distinct = len(set(every)) / len(every) if every else 1.0
+        self.last_distinct = distinct
+        self.collapsed = step >= self.collapse_after and distinct < self.collapse_threshold
+        record: dict[str, Any] = {
+            "distinct_captions": distinct,
+            "decoded_images": len(every),
+            "collapse_warning": int(self.collapsed),
+        }
+        if self.references is not None and self.log.enabled:
+            cider = self._cider(dict(pairs))
+            if cider is not None:
+                record["cider"] = cider
+        if self.collapsed and self.log.enabled:
+            common = max(set(every), key=every.count)
+            message = (
+                f"WARNING: caption collapse at step {step}: {len(set(every))} distinct greedy "
+                f"captions for {len(every)} validation images ({distinct:.1%} < "
+                f"{self.collapse_threshold:.1%}); most common: {common!r}"
+            )
+            print(message, flush=True)
+            self.log.text("val/collapse_warning", message, step)
+        return record
+
+    def _cider(self, predictions: dict[int, str]) -> float | None:
+        """CIDEr-D (pycocoevalcap's, PTB-tokenised) of greedy captions vs their references."""
+        assert self.references is not None
+        references = {key: self.references(key) for key in predictions}
+        keys = [key for key, refs in references.items() if refs]
+        if len(keys) < 2:  # CIDEr's document frequencies need more than one image
+            return None
+        _, candidates, tokenized = tokenize_corpus(
+            {key: predictions[key] for key in keys}, {key: references[key] for key in keys}
+        )
+        return cider_d(candidates, tokenized)[0]
 
     def _samples(self, trainer: Trainer, batch: Any) -> list[dict[str, Any]]:
         generate = getattr(trainer.objective, "generate", None)

@@ -37,6 +37,7 @@ from virtex_train.checkpoint import (
 )
 from virtex_train.config import ExperimentConfig
 from virtex_train.hooks import CheckpointHook, LoggingHook, RunLog, ValidationHook
+from virtex_train.init_from import InitFromError, init_from_config
 from virtex_train.optim import build_optimizer, lr_factor
 from virtex_train.precision import resolve_precision
 from virtex_train.runlock import RunLock, RunLockedError
@@ -283,6 +284,21 @@ def _run(
     objective = spec.build().to(device)
     if train_cfg.channels_last:
         objective.to(memory_format=torch.channels_last)
+    if train_cfg.init_from and checkpoint is None:
+        try:
+            report = init_from_config(
+                train_cfg.init_from,
+                objective,
+                config.model,
+                tokenizer,
+                strict=train_cfg.init_strict,
+            )
+        except InitFromError as error:
+            raise PretrainError(str(error)) from None
+        if env.is_main:
+            print("\n".join(report.lines()), flush=True)
+    elif train_cfg.init_from and env.is_main:
+        print(f"resuming {latest}: train.init_from is not re-applied", flush=True)
     optimizer = build_optimizer(objective, config.optim)
 
     sampler = ResumableSampler(
@@ -339,6 +355,8 @@ def _run(
         num_samples=train_cfg.sample_captions,
         decode=tokenizer.decode,
         references=references,
+        collapse_threshold=train_cfg.collapse_threshold if target == "captioning" else 0.0,
+        collapse_after=config.optim.schedule.warmup_steps,
     )
 
     def build(trainer: Trainer) -> dict[str, Any]:
