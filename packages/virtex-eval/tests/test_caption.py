@@ -23,6 +23,7 @@ from virtex_eval.captioner import (
     DecodeSettings,
     caption_command,
     load_captioner,
+    read_coco_captions,
 )
 from virtex_eval.images import (
     ImageFileError,
