@@ -287,7 +287,9 @@ def quickstart_config() -> ExperimentConfig:
         ),
         model=ModelConfig(
             kind="bicaptioning",
-            visual=VisualConfig(name="resnet18"),
+            # Not the paper's zero-initialised residual branches: they learn too slowly for runs
+            # of a few hundred steps (configs/quickstart.yaml has the measurement).
+            visual=VisualConfig(name="resnet18", zero_init_residual=False),
             textual=TextualConfig(layers=1, width=128, heads=2, ffn=512),
         ),
         # One LR for backbone and head: the paper's head LR (0.001) is made for 500k steps; in
