@@ -39,6 +39,7 @@ def test_peer_failures_are_told_from_other_errors() -> None:
     assert is_peer_failure(
         RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection reset by peer")
     )
+    assert is_peer_failure(RuntimeError("Application timeout caused pair closure"))
     assert is_peer_failure(dist.DistBackendError("NCCL error"))
     assert not is_peer_failure(RuntimeError("CUDA out of memory"))
     assert not is_peer_failure(ValueError("Timed out"))  # not an error of a collective
