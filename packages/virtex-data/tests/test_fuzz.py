@@ -12,14 +12,11 @@ import json
 from typing import Any
 
 import msgpack
-import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-hypothesis = pytest.importorskip("hypothesis")  # the test extra; skipped where not installed
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from virtex_data.lmdb_format import ImageRecord, LmdbFormatError, decode_record, encode_record  # noqa: E402
-from virtex_data.tokenizer import CaptionTokenizer, TokenizerError  # noqa: E402
+from virtex_data.lmdb_format import ImageRecord, LmdbFormatError, decode_record, encode_record
+from virtex_data.tokenizer import CaptionTokenizer, TokenizerError
 
 FUZZ = settings(
     max_examples=200,
