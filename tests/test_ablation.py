@@ -151,8 +151,9 @@ LEAST_MARGIN: dict[tuple[str, str], float] = {
 def test_pretraining_learns(ablation: dict[str, Any]) -> None:
     """Every objective's training loss falls; the objectives with language targets beat random
     init on counting and on both colour probes, and multilabel classification (whose targets
-    are the shapes present) on both colour probes. Margins: :data:`LEAST_MARGIN`. Shapes (at chance for
-    all at 32 px) and background texture (random init keeps it best) are not asserted."""
+    are the shapes present) on both colour probes. Margins: :data:`LEAST_MARGIN`. Shapes (at
+    chance for all at 32 px) and background texture (random init keeps it best) are not
+    asserted."""
     out, data = ablation["out"], ablation["json"]
     for objective in ROWS[:-1]:
         lines = (out / "runs" / objective / "metrics.jsonl").read_text().splitlines()
