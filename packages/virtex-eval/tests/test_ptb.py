@@ -105,7 +105,8 @@ def test_raw_tokens_keep_punctuation_and_quote_direction() -> None:
 
 
 def test_possessive_split_and_hyphen_kept_change_tokens_not_words() -> None:
-    # What a naive split would get wrong (FACTS.md): "'s" becomes its own token.
+    # What a naive split would get wrong (the Java PTB tokenizer does this): "'s" becomes its
+    # own token.
     assert coco_tokenize("A dog's black-and-white toy.").split() == [
         "a",
         "dog",
