@@ -179,6 +179,9 @@ def test_quickstart_builds_data_and_trains(tmp_path: Path, monkeypatch: pytest.M
     assert "built-in data ready" in result.output
     assert (tmp_path / "data/synth/train.lmdb").exists()
     assert (tmp_path / "runs/quickstart/checkpoints/final.pt").exists()
+    # The grounding summary covers every val image, with the shuffled baseline beside it.
+    assert "grounding on 4 val images" in result.output
+    assert "names the largest object's colour" in result.output and "shuffled" in result.output
     # A second quickstart reuses the data and refuses to overwrite the run.
     result = CliRunner().invoke(main, ["pretrain", *TINY, "--no-progress"])
     assert result.exit_code == 1 and "already holds a run" in result.output

@@ -147,6 +147,12 @@ def pretrain_command(
     for sample in result.samples:
         reference = sample["references"][0] if sample["references"] else ""
         echo(f"  image {sample['image_id']}: {sample['caption']!r}  (a reference: {reference!r})")
+    if config_path is None and env.is_main:  # the quickstart: are the captions about the images?
+        from virtex_train.quickstart import val_grounding
+
+        checked = val_grounding(result.checkpoint, config.data)  # CPU: 500 small images
+        if checked is not None:
+            echo(checked.summary())
 
 
 main.add_command(submit_command)

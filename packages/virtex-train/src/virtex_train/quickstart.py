@@ -1,23 +1,30 @@
 """The quickstart: built-in data (generated once), then a small CPU pretraining run.
 
-``virtex-train pretrain`` without a CONFIG runs :func:`run_quickstart`: it writes the synthetic
-shapes dataset (``virtex_data.synth``) where the quickstart config expects it (``data/synth/``
-under the working directory), trains its BPE vocabulary, converts both splits to LMDB, and
-pretrains bicaptioning with ResNet-18 on 64 px images and a 1-layer, 128-wide head.
+``virtex-train pretrain`` without a CONFIG first calls :func:`ensure_builtin_data`: it writes
+the synthetic shapes dataset (``virtex_data.synth``) where the quickstart config expects it
+(``data/synth/`` under the working directory), trains its BPE vocabulary and converts both
+splits to LMDB; then it pretrains bicaptioning (ResNet-18, 64 px images, a 1-layer head) and
+:func:`val_grounding` checks the model's greedy val captions against the scenes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from virtex_data import CaptionTokenizer, DataConfig
+import torch
+from torch.utils.data import DataLoader
+
+from virtex_data import CaptionTokenizer, DataConfig, build_dataset
 from virtex_data.lmdb_writer import build_lmdb
 from virtex_data.synth import generate
+from virtex_data.synth_grounding import Grounding, grounding
+from virtex_models.pretrained import load_objective
 
-__all__ = ["QUICKSTART_IMAGES", "ensure_builtin_data"]
+__all__ = ["QUICKSTART_IMAGES", "ensure_builtin_data", "greedy_val_captions", "val_grounding"]
 
 #: Images per split of the quickstart's built-in dataset.
 QUICKSTART_IMAGES = {"train": 5000, "val": 500}
@@ -86,3 +93,50 @@ def ensure_builtin_data(
 
 def _captions(path: Path) -> Sequence[str]:
     return [entry["caption"] for entry in json.loads(path.read_text())["annotations"]]
+
+
+def greedy_val_captions(
+    checkpoint: str | os.PathLike[str],
+    data: DataConfig,
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 100,
+) -> dict[int, str] | None:
+    """Greedy captions (image id -> text) of every image of ``data``'s val LMDB, or ``None``
+    when the checkpoint's objective does not caption."""
+    objective, _ = load_objective(checkpoint, map_location=device)
+    generate = getattr(objective, "generate", None)
+    if generate is None:
+        return None
+    tokenizer = CaptionTokenizer.from_file(data.tokenizer)
+    dataset = build_dataset(data, "val", "captioning", tokenizer)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate)
+    captions: dict[int, str] = {}
+    with torch.inference_mode():
+        for batch in loader:
+            tokens = generate(batch.images.to(device), mode="greedy")
+            for image_id, row in zip(batch.image_ids.tolist(), tokens.tolist(), strict=True):
+                captions[int(image_id)] = tokenizer.decode(row)
+    return captions
+
+
+def val_grounding(
+    checkpoint: str | os.PathLike[str],
+    data: DataConfig,
+    *,
+    device: str | torch.device = "cpu",
+) -> Grounding | None:
+    """:func:`greedy_val_captions` checked against the built-in scenes' attributes
+    (:mod:`virtex_data.synth_grounding`).
+
+    Returns ``None`` when ``data`` is not the built-in dataset (no ``attributes_val.json`` in
+    ``annotations/`` next to the val LMDB) or the checkpoint's objective does not caption.
+    """
+    attributes = Path(data.val_lmdb).parent / "annotations" / "attributes_val.json"
+    if not attributes.is_file():
+        return None
+    captions = greedy_val_captions(checkpoint, data, device=device)
+    if captions is None:
+        return None
+    records = json.loads(attributes.read_text())["images"]
+    return grounding(captions, records)
