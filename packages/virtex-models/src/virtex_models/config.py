@@ -78,22 +78,22 @@ class ModelConfig:
         assert isinstance(result, ModelConfig)
         return result
 
-    def parsed_options(self) -> Any:
+    def parsed_options(self, where: str = "model.options") -> Any:
         """``options`` as the registered objective's options dataclass (``None`` if it has
         none).
 
         Raises:
             ValueError: an unknown ``kind``, or an unknown or wrongly typed option, naming
-                ``options.<key>``.
+                ``<where>.<key>``.
         """
         info = get_objective(self.kind)
         if info.options is None:
             if self.options:
                 raise ValueError(
-                    f"options: objective {self.kind!r} takes no options, got {sorted(self.options)}"
+                    f"{where}: objective {self.kind!r} takes no options, got {sorted(self.options)}"
                 )
             return None
-        return _from_dict(info.options, self.options, "options")
+        return _from_dict(info.options, self.options, where)
 
     def build(self, vocab: VocabSpec, num_classes: int | None = None) -> ObjectiveModule:
         """The objective of ``kind``: an ``nn.Module`` satisfying the ``Objective`` Protocol.
