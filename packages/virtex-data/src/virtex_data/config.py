@@ -16,8 +16,8 @@ from virtex_data.transforms import ColorJitterConfig, TransformConfig
 __all__ = ["DataConfig", "Split", "Target"]
 
 Split = Literal["train", "val"]
-#: Names of the built-in targets (``virtex_data.targets.TARGETS`` is the registry).
-Target = Literal["captioning", "masked_lm", "token_classification", "multilabel_classification"]
+#: A target's name: a key of ``virtex_data.targets.TARGETS``.
+Target = str
 
 
 @dataclass(kw_only=True)
