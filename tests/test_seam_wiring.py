@@ -26,7 +26,6 @@ from virtex_models import (
     TokenClassificationInputs,
 )
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 

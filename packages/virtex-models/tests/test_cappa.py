@@ -22,7 +22,7 @@ from virtex_models import (
 )
 from virtex_models.objectives.cappa import CapPa, parallel_rows
 from virtex_models.pretrained import ModelSpec, checkpoint_dict, load_objective
-from virtex_models.visual import ViTBackbone, ViTConfig, VisualConfig
+from virtex_models.visual import VisualConfig, ViTBackbone, ViTConfig
 
 VOCAB = VocabSpec(size=30, pad=0, unk=1, sos=2, eos=3, mask=4)
 TINY = {
@@ -45,7 +45,9 @@ def build(kind: str = "cappa", fraction: float | None = None, **extra: object) -
     return ModelConfig.from_dict(data).build(VOCAB).eval()
 
 
-def caption_batch(lengths: tuple[int, ...] = (6, 4, 3), ids_from: int = 0, pad_to: int = 0) -> Batch:
+def caption_batch(
+    lengths: tuple[int, ...] = (6, 4, 3), ids_from: int = 0, pad_to: int = 0
+) -> Batch:
     tokens, lens = random_captions(
         list(lengths), VOCAB.size, VOCAB.sos, VOCAB.eos, VOCAB.pad, first_word=5, seed=1
     )
@@ -149,9 +151,7 @@ def test_mixed_batch_counts_every_row_in_its_mode() -> None:
     expected = (par_total + seq_total) / (par_count + seq_count)
     assert float(out.loss) == pytest.approx(expected, rel=1e-5)
     assert float(out.components["parallel"]) == pytest.approx(par_total / par_count, rel=1e-5)
-    assert float(out.components["autoregressive"]) == pytest.approx(
-        seq_total / seq_count, rel=1e-5
-    )
+    assert float(out.components["autoregressive"]) == pytest.approx(seq_total / seq_count, rel=1e-5)
 
 
 def test_parallel_fraction_is_respected() -> None:
@@ -188,7 +188,9 @@ def test_registry_round_trips() -> None:
     loaded, spec = load_objective(checkpoint_dict(model, ModelSpec(config, VOCAB)))
     assert isinstance(loaded, CapPa) and loaded.parallel_fraction == 0.3
     assert spec.config == config
-    assert ModelConfig.from_dict({**TINY, "kind": "cappa"}).parsed_options().parallel_fraction == 0.75
+    assert (
+        ModelConfig.from_dict({**TINY, "kind": "cappa"}).parsed_options().parallel_fraction == 0.75
+    )
 
 
 @pytest.mark.parametrize(

@@ -239,7 +239,10 @@ def test_parse_and_apply_override_helpers() -> None:
 @pytest.mark.parametrize(
     ("overrides", "named"),
     [
-        (["model.textual.max_length=20"], "data.max_caption_length=30 and model.decoder.max_steps=30"),
+        (
+            ["model.textual.max_length=20"],
+            "data.max_caption_length=30 and model.decoder.max_steps=30",
+        ),
         (
             ["model.textual.max_length=30", "model.decoder.max_steps=31"],
             "data.max_caption_length=30 and model.decoder.max_steps=31",

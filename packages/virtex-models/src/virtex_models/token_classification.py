@@ -1,4 +1,5 @@
-"""Old import path of :mod:`virtex_models.objectives.token_classification` (kept for compatibility)."""
+"""Old import path of :mod:`virtex_models.objectives.token_classification` (kept for
+compatibility)."""
 
 from virtex_models.objectives.token_classification import (
     ClassificationLoss,

@@ -40,9 +40,7 @@ class MaskedLM(ObjectiveModule):
         vocab: vocabulary layout.
     """
 
-    def __init__(
-        self, visual: VisualBackbone, textual: TextualHead, vocab: VocabSpec
-    ) -> None:
+    def __init__(self, visual: VisualBackbone, textual: TextualHead, vocab: VocabSpec) -> None:
         super().__init__()
         if textual.vocab_size != vocab.size:
             raise ValueError(f"head vocabulary {textual.vocab_size} != VocabSpec.size {vocab.size}")
@@ -69,7 +67,9 @@ class MaskedLM(ObjectiveModule):
         return ObjectiveOutput(loss=loss, components={MASKED_LM.name: loss.detach()}, logits=logits)
 
 
-def _build(config: ModelConfig, vocab: VocabSpec, num_classes: int | None, options: None) -> MaskedLM:
+def _build(
+    config: ModelConfig, vocab: VocabSpec, num_classes: int | None, options: None
+) -> MaskedLM:
     visual = config.visual.build()
     return MaskedLM(visual, config.build_textual(vocab, visual.out_channels), vocab)
 
