@@ -4,7 +4,8 @@ From nothing: generate the built-in captioned shapes dataset (``virtex_data.synt
 vocabulary and LMDB files, pretrain the same small backbone (ResNet-18) with each objective
 (bicaptioning, forward captioning, token classification, multilabel classification, masked LM,
 and CapPa, added after the paper) for the same number of images seen, then transfer each
-frozen backbone (and a randomly initialised one) to held-out downstream tasks defined by the scene attributes:
+frozen backbone (and a randomly initialised one) to held-out downstream tasks defined by the
+scene attributes:
 
 - linear probes (``virtex_eval.linear.train_on_features``: logistic regression on pooled
   ``layer4`` features) for ``num_objects``, ``largest_colour``, ``leftmost_colour``,
