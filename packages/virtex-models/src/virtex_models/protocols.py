@@ -89,12 +89,13 @@ class MultilabelInputs(CaptionInputs, Protocol):
 # --------------------------------------------------------------------------------------------
 @runtime_checkable
 class VisualBackbone(Protocol):
-    """A CNN that maps images to its last feature grid.
+    """A network that maps images to a feature grid: a CNN's last stage, or a ViT's patch tokens.
 
     Contract:
         ``__call__(images)`` takes ``(B, 3, H, W)`` float images normalised with ImageNet
         mean/std and returns ``(B, out_channels, H // stride, W // stride)`` (rounded as the
-        network rounds; ``(B, 2048, 7, 7)`` for ResNet-50 at 224 px). The module owns its
+        network rounds; ``(B, 2048, 7, 7)`` for ResNet-50 at 224 px, ``(B, 768, 14, 14)`` for
+        ViT-B/16). The module owns its
         parameters and BatchNorm statistics. It accepts ``channels_last`` inputs.
 
     Attributes:
