@@ -1,15 +1,6 @@
-"""Old import path of :mod:`virtex_models.objectives.captioning` (kept for compatibility)."""
+"""Old import path (kept for compatibility): see :mod:`virtex_models.objectives.captioning`."""
 
-from virtex_models.objectives.captioning import (
-    CAPTIONING_TARGET,
-    Captioning,
-    caption_targets,
-    reverse_captions,
-)
+from virtex_models.objectives import captioning as _moved
+from virtex_models.objectives.captioning import *  # noqa: F403
 
-__all__ = [
-    "CAPTIONING_TARGET",
-    "Captioning",
-    "caption_targets",
-    "reverse_captions",
-]
+__all__ = _moved.__all__

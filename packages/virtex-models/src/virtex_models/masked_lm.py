@@ -1,9 +1,6 @@
-"""Old import path of :mod:`virtex_models.objectives.masked_lm` (kept for compatibility)."""
+"""Old import path (kept for compatibility): see :mod:`virtex_models.objectives.masked_lm`."""
 
-from virtex_models.objectives.masked_lm import (
-    MaskedLM,
-)
+from virtex_models.objectives import masked_lm as _moved
+from virtex_models.objectives.masked_lm import *  # noqa: F403
 
-__all__ = [
-    "MaskedLM",
-]
+__all__ = _moved.__all__

@@ -1,9 +1,6 @@
-"""Old import path of :mod:`virtex_models.objectives.multilabel` (kept for compatibility)."""
+"""Old import path (kept for compatibility): see :mod:`virtex_models.objectives.multilabel`."""
 
-from virtex_models.objectives.multilabel import (
-    MultilabelClassification,
-)
+from virtex_models.objectives import multilabel as _moved
+from virtex_models.objectives.multilabel import *  # noqa: F403
 
-__all__ = [
-    "MultilabelClassification",
-]
+__all__ = _moved.__all__

@@ -1,18 +1,6 @@
-"""Old import path of :mod:`virtex_models.objectives.token_classification` (kept for
-compatibility)."""
+"""Old import path (kept for compatibility): see :mod:`virtex_models.objectives.token_classification`."""
 
-from virtex_models.objectives.token_classification import (
-    ClassificationLoss,
-    TokenClassification,
-    classification_loss,
-    multilabel_loss,
-    softmax_multilabel_loss,
-)
+from virtex_models.objectives import token_classification as _moved
+from virtex_models.objectives.token_classification import *  # noqa: F403
 
-__all__ = [
-    "ClassificationLoss",
-    "TokenClassification",
-    "classification_loss",
-    "multilabel_loss",
-    "softmax_multilabel_loss",
-]
+__all__ = _moved.__all__
