@@ -1,4 +1,4 @@
-"""Old import path (kept for compatibility): see :mod:`virtex_models.objectives.captioning`."""
+"""Kept for old imports: see :mod:`virtex_models.objectives.captioning`."""
 
 from virtex_models.objectives import captioning as _moved
 from virtex_models.objectives.captioning import *  # noqa: F403

@@ -1,4 +1,4 @@
-"""Old import path (kept for compatibility): see :mod:`virtex_models.objectives.masked_lm`."""
+"""Kept for old imports: see :mod:`virtex_models.objectives.masked_lm`."""
 
 from virtex_models.objectives import masked_lm as _moved
 from virtex_models.objectives.masked_lm import *  # noqa: F403

@@ -1,4 +1,4 @@
-"""Old import path (kept for compatibility): see :mod:`virtex_models.objectives.multilabel`."""
+"""Kept for old imports: see :mod:`virtex_models.objectives.multilabel`."""
 
 from virtex_models.objectives import multilabel as _moved
 from virtex_models.objectives.multilabel import *  # noqa: F403
