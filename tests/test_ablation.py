@@ -32,6 +32,7 @@ ROWS = (
     "token_classification",
     "multilabel_classification",
     "masked_lm",
+    "cappa",
     "random_init",
 )
 TASKS = (
@@ -88,7 +89,7 @@ def test_outputs_and_schema(ablation: dict[str, Any]) -> None:
         assert set(TASKS) <= set(data[row]), row
         for task in TASKS:
             assert 0.0 <= data[row][task] <= 1.0, (row, task)
-    assert set(data["cider"]) == {"bicaptioning", "captioning"}
+    assert set(data["cider"]) == {"bicaptioning", "captioning", "cappa"}
     assert all(value >= 0 for value in data["cider"].values())
     for name in ("pretraining_curves.png", "probe_accuracies.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import tomllib
 from pathlib import Path
@@ -38,3 +39,35 @@ def test_package_has_metadata_docs_and_marker(name: str) -> None:
 def test_constraints_pin_the_tested_torch() -> None:
     pins = (REPO / "constraints.txt").read_text()
     assert "torch==2.14.1" in pins and "torchvision==0.29.1" in pins
+
+
+def _string_constants(path: Path) -> set[str]:
+    """String literals of a module, except the names listed in ``__all__`` (Python objects that
+    happen to share a kind's name, like ``virtex_models.hub.captioning``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    exported: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "__all__" for target in node.targets
+        ):
+            exported |= {id(item) for item in ast.walk(node.value)}
+    return {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in exported
+    }
+
+
+def test_no_objective_kind_is_spelled_in_more_than_three_source_files() -> None:
+    # The objective registry is the one place that knows the kinds: the rest asks it.
+    from virtex_models.registry import objectives
+
+    sources = sorted(REPO.glob("packages/*/src/**/*.py"))
+    constants = {path: _string_constants(path) for path in sources}
+    kinds = set(objectives())
+    assert {"bicaptioning", "captioning", "cappa"} <= kinds
+    for kind in sorted(kinds):
+        spelled = [str(p.relative_to(REPO)) for p, strings in constants.items() if kind in strings]
+        assert 1 <= len(spelled) <= 3, (kind, spelled)

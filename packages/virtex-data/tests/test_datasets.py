@@ -254,7 +254,7 @@ def test_token_classification_multi_hot_is_the_bag_of_tokens(
 def test_multilabel_targets_come_from_coco_instances(
     synth_data: dict[str, Path], tokenizer: CaptionTokenizer
 ) -> None:
-    dataset = build_dataset(_config(synth_data), "val", "multilabel", tokenizer)
+    dataset = build_dataset(_config(synth_data), "val", "multilabel_classification", tokenizer)
     assert dataset.num_classes == 6
     batch = dataset.collate([dataset[i] for i in range(len(dataset))])
     assert type(batch) is MultilabelBatch
@@ -273,7 +273,23 @@ def test_multilabel_needs_instances(
     config = _config(synth_data)
     config.val_instances = None
     with pytest.raises(ValueError, match="val_instances"):
-        build_dataset(config, "val", "multilabel", tokenizer)
+        build_dataset(config, "val", "multilabel_classification", tokenizer)
+
+
+def test_old_multilabel_target_name_warns_and_works(
+    synth_data: dict[str, Path], tokenizer: CaptionTokenizer
+) -> None:
+    # The target was called "multilabel" while the objective was "multilabel_classification".
+    with pytest.warns(DeprecationWarning, match="'multilabel_classification'"):
+        dataset = build_dataset(_config(synth_data), "val", "multilabel", tokenizer)
+    assert type(dataset.collate([dataset[0]])) is MultilabelBatch
+
+
+def test_unknown_target_names_the_known_ones(
+    synth_data: dict[str, Path], tokenizer: CaptionTokenizer
+) -> None:
+    with pytest.raises(ValueError, match=r"unknown target 'caption'.*captioning, masked_lm"):
+        build_dataset(_config(synth_data), "val", "caption", tokenizer)
 
 
 def test_dataloader_with_workers_and_two_datasets_on_one_file(

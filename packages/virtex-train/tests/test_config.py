@@ -234,3 +234,38 @@ def test_parse_and_apply_override_helpers() -> None:
     assert parse_override("a=") == (["a"], None)
     merged = apply_overrides({"optim": {"lr": 1.0, "kind": "sgd"}}, ["optim.lr=2"])
     assert merged == {"optim": {"lr": 2, "kind": "sgd"}}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (
+            ["model.textual.max_length=20"],
+            "data.max_caption_length=30 and model.decoder.max_steps=30",
+        ),
+        (
+            ["model.textual.max_length=30", "model.decoder.max_steps=31"],
+            "data.max_caption_length=30 and model.decoder.max_steps=31",
+        ),
+        (
+            ["model.kind=masked_lm", "data.max_caption_length=31"],
+            "data.max_caption_length=31 must",  # no decoding: max_steps is not named
+        ),
+    ],
+)
+def test_caption_lengths_are_checked_across_sections(overrides: list[str], named: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(None, overrides)
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"caption lengths disagree: {named}" in message
+    assert "model.textual.max_length=" in message
+
+
+def test_consistent_or_unchecked_caption_lengths_load() -> None:
+    # Shorter training captions and decodes than the head's positions are fine.
+    load_config(None, ["data.max_caption_length=12", "model.decoder.max_steps=20"])
+    # A masked-LM run never decodes: its max_steps is not checked.
+    load_config(None, ["model.kind=masked_lm", "model.decoder.max_steps=99"])
+    # Classification heads have no positions: model.textual is unused.
+    load_config(None, ["model.kind=token_classification", "model.textual.max_length=5"])

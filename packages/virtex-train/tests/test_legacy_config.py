@@ -128,7 +128,7 @@ def test_optimiser_schedule_and_precision_settings(tmp_path: Path, base: Path) -
         "  IMAGE_TRANSFORM_TRAIN: [random_resized_crop, normalize]\n"
         "  MASKED_LM: {MASK_PROPORTION: 0.2, MASK_PROBABILITY: 0.8, REPLACE_PROBABILITY: 0.1}\n"
         "MODEL:\n  VISUAL: {NAME: 'torchvision::wide_resnet50_2', FROZEN: true}\n"
-        "  DECODER: {NAME: nucleus_sampling, NUCLEUS_SIZE: 0.8, MAX_DECODING_STEPS: 25}\n"
+        "  DECODER: {NAME: nucleus_sampling, NUCLEUS_SIZE: 0.8, MAX_DECODING_STEPS: 18}\n"
         "OPTIM:\n  OPTIMIZER_NAME: adamw\n  LR_DECAY_NAME: multistep\n"
         "  LR_STEPS: [1000, 2000]\n  LR_GAMMA: 0.5\n  LOOKAHEAD: {USE: false}\n"
         "  CLIP_GRAD_NORM: 1\n  WEIGHT_DECAY: 1e-2\n  BATCH_SIZE: 64\n  NUM_ITERATIONS: 3000\n",
@@ -144,7 +144,7 @@ def test_optimiser_schedule_and_precision_settings(tmp_path: Path, base: Path) -
     assert m.keep == pytest.approx(0.1)
     assert config.model.visual.name == "wide_resnet50_2" and config.model.visual.frozen
     d = config.model.decoder
-    assert (d.mode, d.top_p, d.max_steps) == ("nucleus", 0.8, 25)
+    assert (d.mode, d.top_p, d.max_steps) == ("nucleus", 0.8, 18)
     o = config.optim
     assert o.kind == "adamw" and o.lookahead.enabled is False
     assert (o.schedule.kind, o.schedule.milestones, o.schedule.gamma) == (

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from virtex_data.config import DataConfig, Split, Target
-from virtex_data.datasets import (
-    CaptioningDataset,
-    MaskedLMDataset,
-    MultilabelDataset,
-    TokenClassificationDataset,
-)
+from typing import Any
+
+from virtex_data.config import DataConfig, Split
+from virtex_data.datasets import CaptioningDataset
 from virtex_data.lmdb_reader import LmdbReader
+from virtex_data.targets import get_target
 from virtex_data.tokenizer import CaptionTokenizer
 from virtex_data.transforms import EvalTransform, TrainTransform
 
@@ -17,7 +15,7 @@ __all__ = ["build_dataset"]
 
 
 def build_dataset(
-    config: DataConfig, split: Split, target: Target, tokenizer: CaptionTokenizer
+    config: DataConfig, split: Split, target: str, tokenizer: CaptionTokenizer
 ) -> CaptioningDataset:
     """The dataset of one split for one pretraining target.
 
@@ -25,8 +23,9 @@ def build_dataset(
         config: data configuration.
         split: ``"train"`` (random caption, random augmentation) or ``"val"`` (first caption,
             resize + centre crop).
-        target: ``"captioning"``, ``"masked_lm"``, ``"token_classification"`` or
-            ``"multilabel"``.
+        target: a name of :data:`virtex_data.targets.TARGETS` (``captioning``, ``masked_lm``,
+            ``token_classification``, ``multilabel_classification``; the old ``multilabel``
+            still works, with a DeprecationWarning).
         tokenizer: the caption tokenizer.
 
     Returns:
@@ -35,27 +34,15 @@ def build_dataset(
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    info = get_target(target)  # an unknown target fails before the LMDB file is opened
     train = split == "train"
     reader = LmdbReader(config.train_lmdb if train else config.val_lmdb, config.readahead)
     transform = TrainTransform(config.transform) if train else EvalTransform(config.transform)
-    common = {
+    common: dict[str, Any] = {
         "reader": reader,
         "tokenizer": tokenizer,
         "transform": transform,
         "max_caption_length": config.max_caption_length,
         "random_caption": train,
     }
-    if target == "captioning":
-        return CaptioningDataset(**common)  # type: ignore[arg-type]
-    if target == "masked_lm":
-        return MaskedLMDataset(**common, masking=config.masking)  # type: ignore[arg-type]
-    if target == "token_classification":
-        return TokenClassificationDataset(**common)  # type: ignore[arg-type]
-    if target == "multilabel":
-        instances = config.train_instances if train else config.val_instances
-        if instances is None:
-            raise ValueError(f"target 'multilabel' needs data.{split}_instances (COCO instances)")
-        return MultilabelDataset(**common, instances=instances)  # type: ignore[arg-type]
-    raise ValueError(
-        f"unknown target {target!r}: use captioning, masked_lm, token_classification or multilabel"
-    )
+    return info.make(config, split, common)

@@ -16,7 +16,8 @@ from virtex_data.transforms import ColorJitterConfig, TransformConfig
 __all__ = ["DataConfig", "Split", "Target"]
 
 Split = Literal["train", "val"]
-Target = Literal["captioning", "masked_lm", "token_classification", "multilabel"]
+#: A target's name: a key of ``virtex_data.targets.TARGETS``.
+Target = str
 
 
 @dataclass(kw_only=True)
@@ -28,7 +29,8 @@ class DataConfig:
         val_lmdb: LMDB file of the validation split.
         tokenizer: tokenizer JSON (``virtex-data build-vocab``); vocab size and special ids are
             derived from it by whoever loads it.
-        train_instances: COCO instances JSON of the training images (``multilabel`` only).
+        train_instances: COCO instances JSON of the training images (``multilabel_classification``
+            only).
         val_instances: same for validation.
         max_caption_length: tokens per caption including ``[SOS]``/``[EOS]`` (VirTex: 30).
         transform: image transforms.

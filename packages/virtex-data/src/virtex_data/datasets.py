@@ -10,7 +10,7 @@ target                        dataset                             batch
 ``captioning``                :class:`CaptioningDataset`          :class:`CaptionBatch`
 ``masked_lm``                 :class:`MaskedLMDataset`            :class:`MaskedLMBatch`
 ``token_classification``      :class:`TokenClassificationDataset` :class:`TokenClassificationBatch`
-``multilabel``                :class:`MultilabelDataset`          :class:`MultilabelBatch`
+``multilabel_classification`` :class:`MultilabelDataset`          :class:`MultilabelBatch`
 ============================  ==================================  =================================
 
 Each sample takes one caption of its image (a random one for training, the first for

@@ -43,12 +43,13 @@ from virtex_eval.images import (
     find_images,
 )
 from virtex_eval.spice import SpiceUnavailable
-from virtex_models.captioning import Captioning
+from virtex_models.config import DEFAULT_KIND
+from virtex_models.objectives.captioning import Captioning
 from virtex_models.pretrained import ModelSpec, load_objective
+from virtex_models.registry import get_objective, objectives
 from virtex_models.torchfile import load_weights_only
 
 __all__ = [
-    "CAPTIONING_KINDS",
     "CaptionedFiles",
     "Captioner",
     "DecodeSettings",
@@ -58,8 +59,6 @@ __all__ = [
     "read_coco_captions",
 ]
 
-#: Objective kinds that can caption (``model_spec.config.kind``).
-CAPTIONING_KINDS = ("bicaptioning", "captioning")
 DEFAULT_IMAGE_SIZE = 224
 
 
@@ -254,7 +253,7 @@ class Captioner:
             collate_fn=ImageFileDataset.collate,
         )
         captions: list[str] = [""] * len(dataset)
-        with tqdm(total=len(dataset), desc="captioning", unit="img", disable=not progress) as bar:
+        with tqdm(total=len(dataset), desc="caption", unit="img", disable=not progress) as bar:
             for indices, images in loader:
                 for index, caption in zip(indices.tolist(), self.caption_tensors(images, settings)):
                     captions[index] = caption
@@ -284,7 +283,7 @@ class Captioner:
             collate_fn=LenientImageFileDataset.collate,
         )
         result = CaptionedFiles()
-        with tqdm(total=len(dataset), desc="captioning", unit="img", disable=not progress) as bar:
+        with tqdm(total=len(dataset), desc="caption", unit="img", disable=not progress) as bar:
             for indices, images, failed in loader:
                 result.unreadable.extend((dataset.paths[i], reason) for i, reason in failed)
                 if images is not None:
@@ -322,11 +321,12 @@ def load_captioner(
     spec_data = data.get("model_spec")
     if not isinstance(spec_data, Mapping):
         raise ValueError(f"{source}: no 'model_spec' entry (not a self-contained checkpoint)")
-    kind = (spec_data.get("config") or {}).get("kind", "bicaptioning")
-    if kind not in CAPTIONING_KINDS:
+    kind = (spec_data.get("config") or {}).get("kind", DEFAULT_KIND)
+    if kind in objectives() and not get_objective(kind).captions:
+        kinds = [name for name, info in objectives().items() if info.captions]
         raise ValueError(
             f"{source} holds a {kind!r} model, which cannot caption: captioning and zero-shot "
-            f"need a {' or '.join(CAPTIONING_KINDS)} checkpoint"
+            f"need a {' or '.join(kinds)} checkpoint"
         )
     if tokenizer is None:
         text = data.get("tokenizer")

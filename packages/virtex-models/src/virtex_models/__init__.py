@@ -5,11 +5,12 @@ special-token ids arrive as plain ints (:class:`VocabSpec`), batches as objects 
 :mod:`.protocols`.
 """
 
-from virtex_models.captioning import Captioning
 from virtex_models.config import ModelConfig
 from virtex_models.decoding import DecoderConfig
-from virtex_models.masked_lm import MaskedLM
-from virtex_models.multilabel import MultilabelClassification
+from virtex_models.objectives.captioning import Captioning
+from virtex_models.objectives.masked_lm import MaskedLM
+from virtex_models.objectives.multilabel import MultilabelClassification
+from virtex_models.objectives.token_classification import TokenClassification
 from virtex_models.pretrained import ModelSpec, load_objective
 from virtex_models.protocols import (
     IGNORE_INDEX,
@@ -18,13 +19,14 @@ from virtex_models.protocols import (
     MaskedLMInputs,
     MultilabelInputs,
     Objective,
+    ObjectiveModule,
     ObjectiveOutput,
     TextualHead,
     TokenClassificationInputs,
     VisualBackbone,
 )
+from virtex_models.registry import ObjectiveInfo, get_objective, objectives
 from virtex_models.textual import LinearHead, TextualConfig, TransformerTextualHead
-from virtex_models.token_classification import TokenClassification
 from virtex_models.visual import TimmBackbone, TorchvisionBackbone, VisualConfig
 from virtex_models.vocab import VocabSpec
 
@@ -44,6 +46,8 @@ __all__ = [
     "MultilabelClassification",
     "MultilabelInputs",
     "Objective",
+    "ObjectiveInfo",
+    "ObjectiveModule",
     "ObjectiveOutput",
     "TextualConfig",
     "TextualHead",
@@ -56,5 +60,7 @@ __all__ = [
     "VisualConfig",
     "VocabSpec",
     "__version__",
+    "get_objective",
     "load_objective",
+    "objectives",
 ]

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from virtex_models.config import ModelConfig, ObjectiveKind
 from virtex_models.decoding import DecoderConfig
 from virtex_models.pretrained import ModelSpec, load_state_dict_checked
+from virtex_models.registry import get_objective, objectives
 from virtex_models.textual import TextualConfig
 from virtex_models.visual import VisualConfig
 from virtex_models.vocab import VocabSpec
@@ -48,14 +49,9 @@ __all__ = [
     "spec_from_original_config",
 ]
 
-#: ``MODEL.NAME`` of the original -> our objective kind.
+#: ``MODEL.NAME`` of the original -> our objective kind (the registry's ``original_names``).
 ORIGINAL_KINDS: dict[str, ObjectiveKind] = {
-    "virtex": "bicaptioning",
-    "bicaptioning": "bicaptioning",
-    "captioning": "captioning",
-    "masked_lm": "masked_lm",
-    "token_classification": "token_classification",
-    "multilabel_classification": "multilabel_classification",
+    original: info.name for info in objectives().values() for original in info.original_names
 }
 
 #: Defaults of the original config for the keys read here (its ``virtex/config.py``).
@@ -174,7 +170,7 @@ def spec_from_original_config(
     visual = parse_visual_name(str(model["VISUAL"]["NAME"]))
     visual.frozen = bool(model["VISUAL"].get("FROZEN", False))
     textual = TextualConfig(max_length=max_length)
-    if kind not in ("token_classification", "multilabel_classification"):
+    if get_objective(kind).textual:
         textual = parse_textual_name(
             str(model["TEXTUAL"]["NAME"]), float(model["TEXTUAL"]["DROPOUT"]), max_length
         )
@@ -268,7 +264,7 @@ def load_original_weights(
     if not isinstance(checkpoint, Mapping) or "model" not in checkpoint:
         raise ValueError(f"{name}: not an original VirTex checkpoint (no 'model' entry)")
     state = convert_state_dict(checkpoint["model"], name)
-    if spec.config.kind == "multilabel_classification" and "textual.output.weight" in state:
+    if get_objective(spec.config.kind).needs_classes and "textual.output.weight" in state:
         classes = int(state["textual.output.weight"].shape[0])
         spec = ModelSpec(config=spec.config, vocab=spec.vocab, num_classes=classes)
     model = spec.build()

@@ -11,8 +11,9 @@ All Protocols are ``runtime_checkable`` so that implementations assert conforman
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
@@ -23,6 +24,7 @@ __all__ = [
     "MaskedLMInputs",
     "MultilabelInputs",
     "Objective",
+    "ObjectiveModule",
     "ObjectiveOutput",
     "TextualHead",
     "TokenClassificationInputs",
@@ -87,12 +89,13 @@ class MultilabelInputs(CaptionInputs, Protocol):
 # --------------------------------------------------------------------------------------------
 @runtime_checkable
 class VisualBackbone(Protocol):
-    """A CNN that maps images to its last feature grid.
+    """A network that maps images to a feature grid: a CNN's last stage, or a ViT's patch tokens.
 
     Contract:
         ``__call__(images)`` takes ``(B, 3, H, W)`` float images normalised with ImageNet
         mean/std and returns ``(B, out_channels, H // stride, W // stride)`` (rounded as the
-        network rounds; ``(B, 2048, 7, 7)`` for ResNet-50 at 224 px). The module owns its
+        network rounds; ``(B, 2048, 7, 7)`` for ResNet-50 at 224 px, ``(B, 768, 14, 14)`` for
+        ViT-B/16). The module owns its
         parameters and BatchNorm statistics. It accepts ``channels_last`` inputs.
 
     Attributes:
@@ -166,12 +169,14 @@ class DecodeState:
 
 @runtime_checkable
 class TextualHead(Protocol):
-    """A caption decoder over visual features, usable for training and for decoding.
+    """A caption decoder over visual features: what objectives and decoders call.
 
-    Training: ``__call__(visual, tokens, lengths)`` with ``visual (B, C, h, w)`` from a
+    Training: ``__call__(visual, tokens, lengths, causal)`` with ``visual (B, C, h, w)`` from a
     :class:`VisualBackbone`, ``tokens (B, L)`` int64 and ``lengths (B,)`` int64 returns logits
-    ``(B, L, V)`` where position ``t`` predicts token ``t + 1`` (causal) and padding positions are
-    masked out of attention.
+    ``(B, L, V)``. With ``causal=True`` position ``t`` sees tokens ``<= t`` (it predicts token
+    ``t + 1``); with ``causal=False`` every position sees every non-padding position (padding
+    keys masked by ``lengths``). ``__call__`` is ``decode(project(visual), ...)``: objectives
+    that run several decoders over one image project it once (``project``) and call ``decode``.
 
     Decoding: ``start(visual, beams)`` projects the image features once and returns a
     :class:`DecodeState` with ``B * beams`` hypotheses; ``step(state, last_tokens)`` takes
@@ -187,7 +192,24 @@ class TextualHead(Protocol):
     def vocab_size(self) -> int: ...
     @property
     def max_length(self) -> int: ...
-    def __call__(self, visual: Tensor, tokens: Tensor, lengths: Tensor) -> Tensor: ...
+    def __call__(
+        self, visual: Tensor, tokens: Tensor, lengths: Tensor, causal: bool = True
+    ) -> Tensor: ...
+    def project(self, visual: Tensor) -> Tensor:
+        """``(B, C, h, w)`` grid -> ``(B, h * w, D)`` memory."""
+        ...
+
+    def decode(
+        self, memory: Tensor, tokens: Tensor, lengths: Tensor, causal: bool = True
+    ) -> Tensor:
+        """Logits ``(B, L, V)`` of ``tokens (B, L)`` over a projected ``memory (B, S, D)``."""
+        ...
+
+    def tied_copy(self) -> TextualHead:
+        """A head with its own transformer sharing this one's projection, embeddings and output
+        layer (bicaptioning's backward decoder)."""
+        ...
+
     def start(self, visual: Tensor, beams: int = 1) -> DecodeState: ...
     def step(self, state: DecodeState, last_tokens: Tensor) -> tuple[Tensor, DecodeState]: ...
 
@@ -222,5 +244,21 @@ class Objective(Protocol):
     """
 
     @property
-    def visual(self) -> nn.Module: ...
+    def visual(self) -> VisualBackbone: ...
     def __call__(self, batch: CaptionInputs) -> ObjectiveOutput: ...
+
+
+class ObjectiveModule(nn.Module):
+    """Base class of the objectives: an ``nn.Module`` that satisfies :class:`Objective`.
+
+    What ``ModelConfig.build`` returns: the trainer needs both the module (parameters, devices,
+    state dicts) and the :class:`Objective` contract, and Python has no intersection type.
+    Subclasses set ``self.visual`` and implement ``forward(batch) -> ObjectiveOutput``.
+    """
+
+    visual: VisualBackbone
+    # nn.Module types __call__ as returning Any; objectives promise an ObjectiveOutput.
+    __call__: Callable[..., ObjectiveOutput]
+
+    def forward(self, batch: Any) -> ObjectiveOutput:  # pragma: no cover - abstract
+        raise NotImplementedError

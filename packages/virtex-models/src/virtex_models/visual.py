@@ -1,8 +1,10 @@
-"""Visual backbones: a torchvision ResNet-family CNN (or a timm CNN) up to its last feature grid."""
+"""Visual backbones up to their last feature grid: a torchvision ResNet-family CNN, a timm CNN, or
+a torchvision Vision Transformer (its patch grid)."""
 
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -10,7 +12,14 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-__all__ = ["TimmBackbone", "TorchvisionBackbone", "VisualConfig", "timm_available"]
+__all__ = [
+    "TimmBackbone",
+    "TorchvisionBackbone",
+    "ViTBackbone",
+    "ViTConfig",
+    "VisualConfig",
+    "timm_available",
+]
 
 
 def timm_available() -> bool:
@@ -19,14 +28,42 @@ def timm_available() -> bool:
 
 
 @dataclass(kw_only=True, slots=True)
+class ViTConfig:
+    """Architecture of a custom torchvision ``VisionTransformer`` (``VisualConfig(kind="vit",
+    name="custom")``); the defaults are ViT-B/16's.
+
+    Attributes:
+        image_size: input side ``S`` (the position embedding is made for ``S / patch_size``
+            patches a side; other sizes are refused).
+        patch_size: ``p``, also the grid's stride.
+        num_layers: encoder blocks.
+        num_heads: attention heads.
+        hidden_dim: width ``D``, the grid's channels.
+        mlp_dim: feed-forward hidden size.
+    """
+
+    image_size: int = 224
+    patch_size: int = 16
+    num_layers: int = 12
+    num_heads: int = 12
+    hidden_dim: int = 768
+    mlp_dim: int = 3072
+
+
+@dataclass(kw_only=True, slots=True)
 class VisualConfig:
     """How to build a visual backbone.
 
     Attributes:
         kind: the model family; ``torchvision`` reads ``name`` from ``torchvision.models``,
-            ``timm`` from ``timm.create_model`` (optional dependency).
+            ``timm`` from ``timm.create_model`` (optional dependency), ``vit`` builds a
+            torchvision Vision Transformer (:class:`ViTBackbone`).
         name: a ResNet-family model of torchvision (``resnet50``, ``resnet101``,
-            ``wide_resnet50_2``, ``resnet18``, ...) or any timm CNN name.
+            ``wide_resnet50_2``, ``resnet18``, ...), any timm CNN name, or for ``vit`` a
+            torchvision ViT (``vit_b_16``, ``vit_b_32``, ``vit_l_16``, ...) or ``custom``
+            (the architecture of ``vit``).
+        vit: with ``kind: vit``, the architecture of ``name: custom``; for a named ViT only its
+            ``image_size`` is read. Ignored by the other kinds.
         frozen: stop gradients and keep BatchNorm in eval mode (feature extraction).
         channels_last: keep the weights and convert inputs to ``torch.channels_last``
             (faster convolutions on GPUs with tensor cores and on recent CPUs).
@@ -37,13 +74,16 @@ class VisualConfig:
             (``zero_init_last``), so the flag applies to ``torchvision`` models.
     """
 
-    kind: Literal["torchvision", "timm"] = "torchvision"
+    kind: Literal["torchvision", "timm", "vit"] = "torchvision"
     name: str = "resnet50"
     frozen: bool = False
     channels_last: bool = False
     zero_init_residual: bool = True
+    vit: ViTConfig | None = None
 
-    def build(self) -> TorchvisionBackbone | TimmBackbone:
+    def build(self) -> TorchvisionBackbone | TimmBackbone | ViTBackbone:
+        if self.kind == "vit":
+            return ViTBackbone(self.name, self.vit or ViTConfig(), frozen=self.frozen)
         if self.kind == "timm":
             return TimmBackbone(self.name, frozen=self.frozen, channels_last=self.channels_last)
         return TorchvisionBackbone(
@@ -177,3 +217,55 @@ class TimmBackbone(_Backbone):
         if grid.dim() != 4:
             raise ValueError(f"timm model {self.name!r} returned {tuple(grid.shape)}, not a grid")
         return grid
+
+
+class ViTBackbone(_Backbone):
+    """A torchvision Vision Transformer whose patch tokens form the grid.
+
+    The class token is dropped and the ``(S / p) ** 2`` patch tokens after the encoder (and its
+    final LayerNorm) are laid out as ``(B, D, S / p, S / p)``: the same seam as a CNN's last
+    grid, so every objective and head runs on it unchanged. The model lives under ``.model``
+    with torchvision's parameter names; its classification head is removed.
+
+    Args:
+        name: a torchvision ViT builder (``vit_b_16``, ...; built with ``image_size`` of
+            ``config``) or ``custom`` (built from ``config``).
+        config: the architecture (``custom``) or the image size (named models).
+        frozen: no gradients.
+    """
+
+    def __init__(self, name: str, config: ViTConfig, frozen: bool = False) -> None:
+        super().__init__()
+        vit_class = torchvision.models.VisionTransformer
+        if name == "custom":
+            model = vit_class(
+                image_size=config.image_size,
+                patch_size=config.patch_size,
+                num_layers=config.num_layers,
+                num_heads=config.num_heads,
+                hidden_dim=config.hidden_dim,
+                mlp_dim=config.mlp_dim,
+            )
+        else:
+            builder = getattr(torchvision.models, name, None)
+            if builder is None or not name.startswith("vit_"):
+                raise ValueError(f"torchvision.models has no Vision Transformer named {name!r}")
+            model = builder(weights=None, image_size=config.image_size)
+        if not isinstance(model, vit_class):  # pragma: no cover - torchvision's vit_* all are
+            raise ValueError(f"{name!r} is not a torchvision VisionTransformer")
+        # The classifier is never used: no parameters that DDP would see without gradients.
+        model.heads = nn.Identity()
+        self.name = name
+        self.model = model
+        self.out_channels: int = int(model.hidden_dim)
+        self.stride: int = int(model.patch_size)
+        self._finish_init(frozen, channels_last=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``(B, 3, S, S)`` -> ``(B, hidden_dim, S / p, S / p)`` patch features."""
+        model = self.model
+        tokens = model._process_input(self._prepare(images))  # (B, N, D), checks the size
+        cls = model.class_token.expand(tokens.shape[0], -1, -1)
+        encoded = model.encoder(torch.cat([cls, tokens], dim=1))[:, 1:]
+        side = math.isqrt(encoded.shape[1])
+        return encoded.transpose(1, 2).unflatten(2, (side, side))

@@ -82,18 +82,19 @@ URL_FORM = "https://www.dropbox.com/s/{dropbox_id}/{stem}.pth?dl=1"
 _R50 = "torchvision::resnet50"
 _H2048 = "transdec_postnorm::L1_H2048_A32_F8192"
 _H1024 = "transdec_postnorm::L1_H1024_A16_F4096"
+#: ``MODEL.NAME`` is what the original's file name starts with (``masked_lm_R_50...``).
+_STEM = ""
 
 #: ``(config path without .yaml, Dropbox id, MODEL.NAME, visual, textual)`` of every entry of
 #: the original's ``virtex/model_zoo/model_zoo.py`` (v1.4). Three names share one file (the
 #: R-50 L1 H1024 model is in the width, depth and backbone ablations) and two another.
 _PUBLISHED: tuple[tuple[str, str, str, str, str], ...] = (
     ("task_ablations/bicaptioning_R_50_L1_H2048", "mbeeso8wyieq8wy", "virtex", _R50, _H2048),
-    ("task_ablations/captioning_R_50_L1_H2048", "r6zen9k43m5oo58", "captioning", _R50, _H2048),
-    ("task_ablations/token_classification_R_50", "o4p9lki505r0mef", "token_classification",
-     _R50, "none"),
-    ("task_ablations/multilabel_classification_R_50", "hbspp3jv3u8h3bc",
-     "multilabel_classification", _R50, "none"),
-    ("task_ablations/masked_lm_R_50_L1_H2048", "ldzrk6vem4mg6bl", "masked_lm", _R50, _H2048),
+    ("task_ablations/captioning_R_50_L1_H2048", "r6zen9k43m5oo58", _STEM, _R50, _H2048),
+    ("task_ablations/token_classification_R_50", "o4p9lki505r0mef", _STEM, _R50, "none"),
+    ("task_ablations/multilabel_classification_R_50", "hbspp3jv3u8h3bc", _STEM, _R50,
+     "none"),
+    ("task_ablations/masked_lm_R_50_L1_H2048", "ldzrk6vem4mg6bl", _STEM, _R50, _H2048),
     ("width_ablations/bicaptioning_R_50_L1_H512", "o9fr69jjqfn8a65", "virtex", _R50,
      "transdec_postnorm::L1_H512_A8_F2048"),
     ("width_ablations/bicaptioning_R_50_L1_H768", "1zxglqrrbfufv9d", "virtex", _R50,
@@ -118,6 +119,7 @@ _PUBLISHED: tuple[tuple[str, str, str, str, str], ...] = (
 
 def _entry(name: str, dropbox_id: str, model_name: str, visual: str, textual: str) -> ZooEntry:
     stem = name.rsplit("/", 1)[-1]
+    model_name = model_name or stem.split("_R_")[0]
     url = URL_FORM.format(dropbox_id=dropbox_id, stem=stem)
     # The original publishes no digests: sha256 stays None (not checked) for every entry.
     return ZooEntry(name, f"{name}.yaml", url, model_name, visual, textual, sha256=None)

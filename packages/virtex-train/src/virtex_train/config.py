@@ -34,6 +34,7 @@ import yaml
 from virtex_data import DataConfig, TransformConfig
 from virtex_data.errors import brief
 from virtex_models import ModelConfig, TextualConfig, VisualConfig
+from virtex_models.registry import get_objective
 from virtex_train.optim import LookaheadConfig, OptimConfig, ScheduleConfig
 
 __all__ = [
@@ -148,6 +149,9 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        check_caption_lengths(self.data, self.model)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-able dict (tuples become lists) that :meth:`from_dict` reads back."""
         return {
@@ -174,13 +178,39 @@ class ExperimentConfig:
             model_cfg = ModelConfig.from_dict(dict(data.get("model") or {}))
             optim_cfg = _build(OptimConfig, data.get("optim") or {}, "optim")
             train_cfg = _build(TrainConfig, data.get("train") or {}, "train")
+            return cls(seed=seed, data=data_cfg, model=model_cfg, optim=optim_cfg, train=train_cfg)
         except (ValueError, TypeError) as error:
             raise ConfigError(f"{source}: {error}") from None
-        return cls(seed=seed, data=data_cfg, model=model_cfg, optim=optim_cfg, train=train_cfg)
 
     def to_yaml(self) -> str:
         """The config as YAML text (section order as in the module docstring)."""
         return str(yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, width=100))
+
+
+def check_caption_lengths(data: DataConfig, model: ModelConfig) -> None:
+    """The one check of the caption length, which three sections set.
+
+    ``data.max_caption_length`` (tokens per training caption, ``[SOS]``/``[EOS]`` included) and
+    ``model.decoder.max_steps`` (tokens a decoder generates after ``[SOS]``) must both fit the
+    positional embedding of the head, ``model.textual.max_length``; objectives without a
+    Transformer head (the classification kinds) ignore ``model.textual`` and are not checked.
+
+    Raises:
+        ValueError: one line naming the three keys and their values.
+    """
+    info = get_objective(model.kind)
+    if not info.textual:
+        return
+    positions = model.textual.max_length
+    lengths = {"data.max_caption_length": data.max_caption_length}
+    if info.captions:
+        lengths["model.decoder.max_steps"] = model.decoder.max_steps
+    if max(lengths.values()) > positions:
+        named = " and ".join(f"{key}={value}" for key, value in lengths.items())
+        raise ValueError(
+            f"caption lengths disagree: {named} must not exceed "
+            f"model.textual.max_length={positions} (the head's positions)"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,7 +316,6 @@ def quickstart_config() -> ExperimentConfig:
             transform=TransformConfig(image_size=64),
         ),
         model=ModelConfig(
-            kind="bicaptioning",
             # Not the paper's zero-initialised residual branches: they learn too slowly for runs
             # of a few hundred steps (configs/quickstart.yaml has the measurement).
             visual=VisualConfig(name="resnet18", zero_init_residual=False),

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from virtex_data import CaptionTokenizer
 from virtex_models import ModelConfig
 from virtex_models.legacy import load_original
+from virtex_models.registry import get_objective
 from virtex_models.torchfile import load_weights_only
 
 __all__ = ["InitFromError", "InitReport", "SourceWeights", "apply_init", "read_init_source"]
@@ -288,5 +289,6 @@ def init_from_config(
         source,
         tokenizer,
         strict=strict,
-        vocabulary_layers=config.kind != "multilabel_classification",
+        # A per-category output layer has no vocabulary rows to map.
+        vocabulary_layers=not get_objective(config.kind).needs_classes,
     )

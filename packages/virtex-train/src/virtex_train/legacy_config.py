@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from virtex_models.legacy import ORIGINAL_KINDS, parse_textual_name, parse_visual_name
+from virtex_models.registry import get_objective
 from virtex_train.config import (
     ConfigError,
     ExperimentConfig,
@@ -123,7 +124,6 @@ _DECAY_KINDS: dict[str, Literal["cosine", "linear", "multistep", "constant"]] = 
 }
 _TRAIN_TRANSFORMS = {"random_resized_crop", "horizontal_flip", "color_jitter", "normalize"}
 _VAL_TRANSFORMS = {"smallest_resize", "center_crop", "normalize"}
-_CLASSIFICATION_KINDS = ("token_classification", "multilabel_classification")
 
 
 def is_legacy_config(data: Mapping[str, Any]) -> bool:
@@ -241,7 +241,7 @@ def experiment_from_legacy(config: Mapping[str, Any], source: str = "config") ->
         visual = parse_visual_name(model["VISUAL"]["NAME"])
         visual.frozen = model["VISUAL"]["FROZEN"]
         textual: dict[str, Any] = {"max_length": max_length}
-        if kind not in _CLASSIFICATION_KINDS:
+        if get_objective(kind).textual:
             parsed = parse_textual_name(
                 model["TEXTUAL"]["NAME"], float(model["TEXTUAL"]["DROPOUT"]), max_length
             )
@@ -310,7 +310,7 @@ def experiment_from_legacy(config: Mapping[str, Any], source: str = "config") ->
     }
     if "color_jitter" not in train_transforms:
         data_out["transform"]["color_jitter"] = None
-    if kind == "multilabel_classification":
+    if get_objective(kind).needs_classes:  # categories come from COCO instances
         data_out["train_instances"] = f"{root}/annotations/instances_train2017.json"
         data_out["val_instances"] = f"{root}/annotations/instances_val2017.json"
 

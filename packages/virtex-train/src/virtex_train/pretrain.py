@@ -27,6 +27,7 @@ from virtex_data import CaptionTokenizer, DataConfig, build_dataset
 from virtex_data.sampler import ResumableSampler
 from virtex_models import VocabSpec
 from virtex_models.pretrained import ModelSpec, load_state_dict_checked
+from virtex_models.registry import get_objective
 from virtex_train import distributed
 from virtex_train.checkpoint import (
     FORMAT_VERSION,
@@ -44,14 +45,6 @@ from virtex_train.runlock import RunLock, RunLockedError
 from virtex_train.trainer import Trainer
 
 __all__ = ["PretrainError", "RunResult", "pretrain", "run_pretraining"]
-
-_TARGETS = {
-    "bicaptioning": "captioning",
-    "captioning": "captioning",
-    "masked_lm": "masked_lm",
-    "token_classification": "token_classification",
-    "multilabel_classification": "multilabel",
-}
 
 
 class PretrainError(RuntimeError):
@@ -271,9 +264,9 @@ def _run(
         _check_resume(checkpoint, tokenizer, str(latest))
 
     _seed(config.seed + env.rank)
-    target = _TARGETS[config.model.kind]
-    train_set = build_dataset(config.data, "train", target, tokenizer)  # type: ignore[arg-type]
-    val_set = build_dataset(config.data, "val", target, tokenizer)  # type: ignore[arg-type]
+    info = get_objective(config.model.kind)
+    train_set = build_dataset(config.data, "train", info.target, tokenizer)
+    val_set = build_dataset(config.data, "val", info.target, tokenizer)
     if len(train_set) // env.world_size < per_rank:  # drop_last: not a single batch
         raise PretrainError(
             f"train.batch_size={train_cfg.batch_size} is larger than the training data: "
@@ -355,7 +348,7 @@ def _run(
         num_samples=train_cfg.sample_captions,
         decode=tokenizer.decode,
         references=references,
-        collapse_threshold=train_cfg.collapse_threshold if target == "captioning" else 0.0,
+        collapse_threshold=train_cfg.collapse_threshold if info.captions else 0.0,
         collapse_after=config.optim.schedule.warmup_steps,
     )
 
