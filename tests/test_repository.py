@@ -38,3 +38,10 @@ def test_package_has_metadata_docs_and_marker(name: str) -> None:
 def test_constraints_pin_the_tested_torch() -> None:
     pins = (REPO / "constraints.txt").read_text()
     assert "torch==2.14.1" in pins and "torchvision==0.29.1" in pins
+
+
+def test_the_two_atomic_file_copies_are_identical() -> None:
+    # data and models never import each other, so each holds the helper (see its docstring).
+    data = REPO / "packages/virtex-data/src/virtex_data/atomic_file.py"
+    models = REPO / "packages/virtex-models/src/virtex_models/atomic_file.py"
+    assert data.read_bytes() == models.read_bytes(), f"{data} and {models} differ: copy one over"

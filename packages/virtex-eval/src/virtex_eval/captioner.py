@@ -43,6 +43,7 @@ from virtex_eval.images import (
     find_images,
 )
 from virtex_eval.spice import SpiceUnavailable
+from virtex_models.atomic_file import atomic_write_text
 from virtex_models.captioning import Captioning
 from virtex_models.pretrained import ModelSpec, load_objective
 from virtex_models.torchfile import load_weights_only
@@ -422,10 +423,7 @@ def _default_device() -> str:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    temporary.replace(path)
+    atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 def format_scores(scores: Mapping[str, float]) -> str:

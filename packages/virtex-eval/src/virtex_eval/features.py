@@ -34,6 +34,7 @@ from virtex_data.downstream import ImageFolderDataset, VOC07Classification
 from virtex_data.transforms import EvalTransform, TransformConfig
 from virtex_eval.distributed import DistContext, gather_rows, init_distributed, shard_indices
 from virtex_eval.weights import LoadedBackbone, load_backbone
+from virtex_models.atomic_file import atomic_write
 
 __all__ = [
     "FEATURE_FORMAT",
@@ -75,17 +76,13 @@ class FeatureSet:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (temporary file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         payload = {
             "format": FEATURE_FORMAT,
             "features": self.features,
             "targets": self.targets,
             "meta": json.dumps(self.meta, sort_keys=True),
         }
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda handle: torch.save(payload, handle))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> FeatureSet:

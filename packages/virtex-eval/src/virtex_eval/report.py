@@ -37,6 +37,7 @@ from typing import Any
 import click
 
 from virtex_eval.images import IMAGE_EXTENSIONS, ImageFileError, load_image
+from virtex_models.atomic_file import atomic_write_text
 
 __all__ = ["RunData", "build_report", "read_jsonl", "read_run", "report_command", "write_report"]
 
@@ -420,11 +421,7 @@ def write_report(
         raise ValueError(f"{image_dir}: no such image directory")
     target = Path(output) if output is not None else run.root / "report.html"
     text = build_report(run, images=image_dir, samples=samples)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(target.name + ".partial")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(target)
-    return target
+    return atomic_write_text(target, text)
 
 
 @click.command("report", context_settings={"help_option_names": ["-h", "--help"]})

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from virtex_models.atomic_file import atomic_link, atomic_write
 from virtex_models.torchfile import load_weights_only
 
 __all__ = [
@@ -47,35 +48,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message names the file."""
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # some file systems refuse to open folders
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _atomic(path: Path, write: Callable[[Any], object]) -> None:
+    def wrap(error: Exception, written: int) -> CheckpointError:
+        return CheckpointError(f"could not write {path}: {error} ({_space(written, path.parent)})")
 
-
-def _atomic(path: Path, write: Callable[[Any], None]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        written = temporary.stat().st_size if temporary.exists() else 0
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        if isinstance(error, Exception):
-            raise CheckpointError(
-                f"could not write {path}: {error} ({_space(written, path.parent)})"
-            ) from error
-        raise
-    _fsync_dir(path.parent)
+    atomic_write(path, write, wrap_error=wrap)
 
 
 def _space(written: int, directory: Path) -> str:
@@ -243,23 +220,4 @@ class CheckpointManager:
 
     def finalize(self, path: Path) -> Path:
         """Make ``final.pt`` the same file as ``path`` (hard link; copy where links fail)."""
-        final = self.directory / "final.pt"
-        with contextlib.suppress(OSError):
-            if os.path.samefile(path, final):  # resuming a finished run: already final
-                return final
-        temporary = final.with_name(f".final.pt.tmp-{os.getpid()}")
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        try:
-            try:
-                os.link(path, temporary)
-            except OSError:
-                _atomic(temporary, lambda handle: handle.write(Path(path).read_bytes()))
-            os.replace(temporary, final)
-        finally:
-            # POSIX: renaming a hard link onto another link of the same file does nothing and
-            # leaves the source name; never leave it behind.
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
-        _fsync_dir(self.directory)
-        return final
+        return atomic_link(path, self.directory / "final.pt")

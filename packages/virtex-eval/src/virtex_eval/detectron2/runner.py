@@ -40,6 +40,7 @@ from virtex_eval.detectron2.safe_loading import (
     read_config_chain,
     read_pickled_weights,
 )
+from virtex_models.atomic_file import atomic_write_text
 
 __all__ = ["Detectron2Run", "build_config", "metrics_summary", "run"]
 
@@ -290,9 +291,7 @@ def _worker(run: Detectron2Run, weights: str | None, backbone_opts: list[str]) -
         # Training: the initial weights; --eval-only: the evaluated checkpoint.
         summary["weights"] = weights_used
         path = Path(cfg.OUTPUT_DIR) / METRICS_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
 
 
 def _free_port() -> int:
