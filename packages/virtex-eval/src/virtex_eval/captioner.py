@@ -2,11 +2,13 @@
 
 A checkpoint written by ``virtex_train`` (or any dict with ``model``, ``model_spec`` and
 ``tokenizer``) is all that is needed: the objective is rebuilt with
-``virtex_models.pretrained.load_objective``, the tokenizer from the embedded JSON, and the image
-size from the embedded experiment YAML (``data.transform.image_size``, 224 when absent).
-Images are preprocessed like the training run's validation images
+``virtex_models.pretrained.read_checkpoint``, the tokenizer from the embedded JSON, and the image
+preprocessing from the checkpoint's typed ``preprocessing`` entry (image size, resize side,
+normalisation mean/std). Checkpoints written before that entry existed fall back to the embedded
+experiment YAML (``data.transform.image_size``/``eval_resize``, 224 when absent) and ImageNet
+normalisation. Images are preprocessed like the training run's validation images
 (``virtex_data.transforms.EvalTransform``: shorter side to ``round(S / 0.875)``, centre crop
-``S``, ImageNet normalisation).
+``S``, normalisation).
 
 ``virtex-eval caption`` (:data:`caption_command`) captions files and folders, or the images of a
 COCO captions file, whose COCO results JSON it writes and scores with
@@ -17,6 +19,7 @@ rest is captioned (and scored); ``--strict`` fails on the first instead, naming 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -34,19 +37,18 @@ from tqdm import tqdm
 
 from virtex_data.sources import OutsideImageFolder, image_path, read_captions
 from virtex_data.tokenizer import CaptionTokenizer
-from virtex_data.transforms import EvalTransform
+from virtex_data.transforms import EvalTransform, TransformConfig
 from virtex_eval.images import (
     ImageFileDataset,
     ImageFileError,
     LenientImageFileDataset,
-    eval_transform,
     find_images,
 )
 from virtex_eval.spice import SpiceUnavailable
 from virtex_models.atomic_file import atomic_write_text
 from virtex_models.captioning import Captioning
-from virtex_models.pretrained import ModelSpec, load_objective
-from virtex_models.torchfile import load_weights_only
+from virtex_models.pretrained import ModelSpec, Preprocessing, read_checkpoint_file
+from virtex_models.pretrained import read_checkpoint as read_model_checkpoint
 
 __all__ = [
     "CAPTIONING_KINDS",
@@ -64,21 +66,15 @@ CAPTIONING_KINDS = ("bicaptioning", "captioning")
 DEFAULT_IMAGE_SIZE = 224
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with errors that name the file.
-
-    Raises:
-        ValueError: missing file, a file torch cannot read, or not a dict.
-    """
-    name = str(path)
-    checkpoint = load_weights_only(name)  # says what a non-checkpoint file is instead
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{name}: not a checkpoint dict (found {type(checkpoint).__name__})")
-    return checkpoint
+#: A checkpoint file as a dict (``weights_only=True``; errors name the file).
+read_checkpoint = read_checkpoint_file
 
 
 def _image_settings(checkpoint: Mapping[str, Any], source: str) -> tuple[int, int | None]:
-    """``(image_size, eval_resize)`` from the embedded experiment YAML, else the defaults."""
+    """``(image_size, eval_resize)`` from the embedded experiment YAML, else the defaults.
+
+    Only for checkpoints written before the typed ``preprocessing`` entry existed.
+    """
     text = checkpoint.get("config")
     if not isinstance(text, str):
         return DEFAULT_IMAGE_SIZE, None
@@ -340,16 +336,28 @@ def load_captioner(
         except Exception as error:  # tokenizers raises bare Exception on bad JSON
             raise ValueError(f"{source}: unreadable 'tokenizer' entry ({error})") from error
     try:
-        objective, spec = load_objective(data)
+        typed = read_model_checkpoint(data)
+        objective = typed.build()
     except ValueError as error:
         raise ValueError(f"{source}: {error}") from error
     if not isinstance(objective, Captioning):  # kind checked above; keeps mypy informed
         raise ValueError(f"{source}: not a captioning objective")
-    check_tokenizer(tokenizer, spec, source)
-    size, resize = _image_settings(data, source)
+    check_tokenizer(tokenizer, typed.spec, source)
+    preprocessing = typed.preprocessing
+    if preprocessing is None:  # written before the typed entry: the training YAML, ImageNet
+        size, resize = _image_settings(data, source)
+        preprocessing = Preprocessing(image_size=size, eval_resize=resize)
     if image_size is not None:
-        size, resize = image_size, None
-    return Captioner(objective, tokenizer, eval_transform(size, resize), device)
+        preprocessing = dataclasses.replace(preprocessing, image_size=image_size, eval_resize=None)
+    transform = EvalTransform(
+        TransformConfig(
+            image_size=preprocessing.image_size,
+            eval_resize=preprocessing.eval_resize,
+            mean=preprocessing.mean,
+            std=preprocessing.std,
+        )
+    )
+    return Captioner(objective, tokenizer, transform, device)
 
 
 def read_coco_captions(

@@ -35,6 +35,7 @@ from virtex_data.transforms import EvalTransform, TransformConfig
 from virtex_eval.distributed import DistContext, gather_rows, init_distributed, shard_indices
 from virtex_eval.weights import LoadedBackbone, load_backbone
 from virtex_models.atomic_file import atomic_write
+from virtex_models.torchfile import load_weights_only
 
 __all__ = [
     "FEATURE_FORMAT",
@@ -95,8 +96,8 @@ class FeatureSet:
         if not path.is_file():
             raise FileNotFoundError(f"feature file not found: {path}")
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
+            payload = load_weights_only(path)
+        except ValueError as error:
             raise ValueError(f"{path}: cannot read as a feature file ({error})") from None
         if not isinstance(payload, dict) or payload.get("format") != FEATURE_FORMAT:
             raise ValueError(

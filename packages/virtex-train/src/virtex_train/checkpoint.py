@@ -7,6 +7,10 @@ truncated one. The ``latest`` pointer is updated only after its checkpoint is co
 
 Checkpoints load with ``torch.load(weights_only=True)``: everything in them is a tensor, a
 number, a string, ``None`` or a list/tuple/dict of those (RNG states included; no NumPy objects).
+
+The layout is :mod:`virtex_models.pretrained`'s (``FORMAT_VERSION``, :class:`ModelCheckpoint`);
+:func:`training_checkpoint` adds the trainer state to it, :func:`load_checkpoint` reads it back
+through :func:`virtex_models.pretrained.read_checkpoint_file`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 import torch
 
 from virtex_models.atomic_file import atomic_link, atomic_write
-from virtex_models.torchfile import load_weights_only
+from virtex_models.pretrained import FORMAT_VERSION, ModelCheckpoint, read_checkpoint_file
 
 __all__ = [
     "FORMAT_VERSION",
@@ -38,9 +42,9 @@ __all__ = [
     "package_versions",
     "rng_state",
     "set_rng_state",
+    "training_checkpoint",
 ]
 
-FORMAT_VERSION = 1
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 
 
@@ -92,15 +96,24 @@ def load_checkpoint(
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = load_weights_only(path, map_location=map_location)
+        checkpoint = read_checkpoint_file(path, map_location=map_location)
     except ValueError as error:  # says what the file is instead, never "weights_only=False"
         raise CheckpointError(str(error)) from None
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{path} is not a checkpoint dict")
     version = checkpoint.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {version!r} is not {FORMAT_VERSION}")
     return checkpoint
+
+
+def training_checkpoint(model: ModelCheckpoint, trainer_state: Mapping[str, Any]) -> dict[str, Any]:
+    """What a training run writes: ``model`` plus the trainer state and package versions.
+
+    Args:
+        model: the model part (weights, spec, preprocessing, tokenizer, config YAML in ``extra``).
+        trainer_state: :meth:`Trainer.state_dict` without ``model`` (optimizer, scaler, step,
+            sampler, RNG ...).
+    """
+    return {**model.to_dict(), **trainer_state, "versions": package_versions()}
 
 
 # ----------------------------------------------------------------------------- RNG state

@@ -41,6 +41,7 @@ from virtex_eval.detectron2.safe_loading import (
     read_pickled_weights,
 )
 from virtex_models.atomic_file import atomic_write_text
+from virtex_models.torchfile import load_weights_only
 
 __all__ = ["Detectron2Run", "build_config", "metrics_summary", "run"]
 
@@ -113,7 +114,7 @@ def _backbone_opts(weights: Path) -> list[str]:
     """``MODEL.RESNETS.*`` KEY VALUE pairs stored in an exported backbone (else none)."""
     if weights.suffix == ".pkl" or not weights.is_file():
         return []
-    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    checkpoint = load_weights_only(weights)
     options = checkpoint.get("resnet") if isinstance(checkpoint, Mapping) else None
     if not isinstance(options, Mapping):
         return []
