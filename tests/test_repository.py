@@ -40,8 +40,9 @@ def test_constraints_pin_the_tested_torch() -> None:
     assert "torch==2.14.1" in pins and "torchvision==0.29.1" in pins
 
 
-def test_the_two_atomic_file_copies_are_identical() -> None:
+@pytest.mark.parametrize("module", ["atomic_file.py", "strict_config.py"])
+def test_the_two_copies_of_a_shared_helper_are_identical(module: str) -> None:
     # data and models never import each other, so each holds the helper (see its docstring).
-    data = REPO / "packages/virtex-data/src/virtex_data/atomic_file.py"
-    models = REPO / "packages/virtex-models/src/virtex_models/atomic_file.py"
+    data = REPO / "packages/virtex-data/src/virtex_data" / module
+    models = REPO / "packages/virtex-models/src/virtex_models" / module
     assert data.read_bytes() == models.read_bytes(), f"{data} and {models} differ: copy one over"

@@ -7,8 +7,6 @@ an unknown key or a value of the wrong type is a ``ValueError`` naming its dotte
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,9 +14,9 @@ from torch import nn
 
 from virtex_models.captioning import Captioning
 from virtex_models.decoding import DecoderConfig
-from virtex_models.errors import brief
 from virtex_models.masked_lm import MaskedLM
 from virtex_models.multilabel import MultilabelClassification
+from virtex_models.strict_config import from_dict
 from virtex_models.textual import TextualConfig, TransformerTextualHead
 from virtex_models.token_classification import ClassificationLoss, TokenClassification
 from virtex_models.visual import VisualConfig
@@ -63,9 +61,7 @@ class ModelConfig:
             ValueError: an unknown key or a wrongly typed value, naming its path (e.g.
                 ``model.textual.widht``).
         """
-        result = _from_dict(cls, data, where)
-        assert isinstance(result, ModelConfig)
-        return result
+        return from_dict(cls, data, where)
 
     def build(self, vocab: VocabSpec, num_classes: int | None = None) -> nn.Module:
         """The objective (an ``nn.Module`` satisfying the ``Objective`` Protocol).
@@ -94,55 +90,3 @@ class ModelConfig:
             bidirectional=self.kind == "bicaptioning",
             decoder=dataclasses.replace(self.decoder),
         )
-
-
-def _from_dict(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        raise ValueError(f"unknown key {where}.{unknown[0]} (known: {', '.join(sorted(fields))})")
-    values = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()}
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{where}: {error}") from None
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return _from_dict(hint, value, where)
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        if value not in typing.get_args(hint):
-            raise ValueError(f"{where}={brief(value)} is not one of {typing.get_args(hint)}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            if option is type(None) and value is None:
-                return None
-            if option is not type(None):
-                try:
-                    return _convert(option, value, where)
-                except ValueError:
-                    continue
-        raise ValueError(f"{where}={brief(value)} does not match {hint}")
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where} must be true/false, got {brief(value)}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where} must be an int, got {brief(value)}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{where} must be a number, got {brief(value)}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{where} must be a string, got {brief(value)}")
-        return value
-    raise ValueError(f"{where}: unsupported field type {hint}")  # pragma: no cover

@@ -34,6 +34,7 @@ import yaml
 from virtex_data import DataConfig, TransformConfig
 from virtex_data.errors import brief
 from virtex_models import ModelConfig, TextualConfig, VisualConfig
+from virtex_models.strict_config import convert, from_dict, to_plain
 from virtex_train.optim import LookaheadConfig, OptimConfig, ScheduleConfig
 
 __all__ = [
@@ -152,10 +153,10 @@ class ExperimentConfig:
         """Plain YAML-able dict (tuples become lists) that :meth:`from_dict` reads back."""
         return {
             "seed": self.seed,
-            "data": _plain(self.data.to_dict()),
-            "model": _plain(self.model.to_dict()),
-            "optim": _plain(dataclasses.asdict(self.optim)),
-            "train": _plain(dataclasses.asdict(self.train)),
+            "data": to_plain(self.data.to_dict()),
+            "model": to_plain(self.model.to_dict()),
+            "optim": to_plain(dataclasses.asdict(self.optim)),
+            "train": to_plain(dataclasses.asdict(self.train)),
         }
 
     @classmethod
@@ -169,11 +170,11 @@ class ExperimentConfig:
             raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
         check_keys(data, source)
         try:
-            seed = _convert(int, data.get("seed", 0), "seed")
+            seed = convert(int, data.get("seed", 0), "seed")
             data_cfg = DataConfig.from_dict(dict(data.get("data") or {}))
             model_cfg = ModelConfig.from_dict(dict(data.get("model") or {}))
-            optim_cfg = _build(OptimConfig, data.get("optim") or {}, "optim")
-            train_cfg = _build(TrainConfig, data.get("train") or {}, "train")
+            optim_cfg = from_dict(OptimConfig, data.get("optim") or {}, "optim")
+            train_cfg = from_dict(TrainConfig, data.get("train") or {}, "train")
         except (ValueError, TypeError) as error:
             raise ConfigError(f"{source}: {error}") from None
         return cls(seed=seed, data=data_cfg, model=model_cfg, optim=optim_cfg, train=train_cfg)
@@ -469,75 +470,3 @@ def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, An
         else:
             merged[key] = value
     return merged
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{where} must be a mapping, got {brief(data)}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in names:
-            raise ValueError(f"unknown key {where}.{key} (known: {', '.join(sorted(names))})")
-        kwargs[key] = _convert(hints[key], value, f"{where}.{key}")
-    return cls(**kwargs)
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    """Check ``value`` against the type ``hint`` (ints are accepted for floats)."""
-    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return _build(hint, value, where)
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is Literal:
-        if value not in args:
-            raise ValueError(f"{where}={brief(value)} is not one of {', '.join(map(str, args))}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in args:
-            if option is type(None):
-                continue
-            try:
-                return _convert(option, value, where)
-            except ValueError as error:
-                errors.append(str(error))
-        raise ValueError(
-            errors[0] if len(errors) == 1 else f"{where}={brief(value)}: no type matches"
-        )
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"{where} must be a list, got {brief(value)}")
-        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ValueError(f"{where} must be a list of {len(args)} values, got {brief(value)}")
-        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where} must be true or false, got {brief(value)}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where} must be an integer, got {brief(value)}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{where} must be a number, got {brief(value)}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{where} must be a string, got {brief(value)}")
-        return value
-    raise ValueError(f"{where}: unsupported field type {hint}")  # pragma: no cover
