@@ -108,3 +108,45 @@ if __name__ == "__main__":
     problems = layering_violations(REPO)
     print("\n".join(problems) or "layering ok")
     sys.exit(1 if problems else 0)
+
+
+def module_import_graph(repo: Path) -> dict[str, set[str]]:
+    """``{module: internal modules it imports}`` over the packages' sources, lazy imports too.
+
+    Package ``__init__`` modules are left out: re-exporting from submodules is their job, and a
+    submodule importing a sibling through the package name is not a cycle between the two.
+    """
+    modules: dict[str, Path] = {}
+    for path in sorted(repo.glob("packages/*/src/*/**/*.py")):
+        if path.name != "__init__.py":
+            src = next(p for p in path.parents if p.name == "src")
+            modules[".".join(path.relative_to(src).with_suffix("").parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        targets: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets.add(node.module)
+                targets.update(f"{node.module}.{alias.name}" for alias in node.names)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_no_import_cycles_between_modules() -> None:
+    graph = module_import_graph(REPO)
+    cycles = []
+    for start in graph:
+        stack = [(start, [start])]
+        seen: set[str] = set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    cycles.append(" -> ".join([*trail, start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*trail, nxt]))
+    assert not cycles, "import cycles:\n" + "\n".join(sorted(set(cycles)))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -35,6 +34,8 @@ from virtex_data import DataConfig, TransformConfig
 from virtex_data.errors import brief
 from virtex_models import ModelConfig, TextualConfig, VisualConfig
 from virtex_models.strict_config import convert, from_dict, to_plain
+from virtex_train.config_yaml import ConfigError, load_yaml, merge
+from virtex_train.legacy_config import is_legacy_config, legacy_experiment_dict, read_legacy_yaml
 from virtex_train.optim import LookaheadConfig, OptimConfig, ScheduleConfig
 
 __all__ = [
@@ -43,16 +44,14 @@ __all__ = [
     "Precision",
     "TrainConfig",
     "apply_overrides",
+    "experiment_from_legacy",
     "load_config",
+    "load_legacy_config",
     "parse_override",
     "quickstart_config",
 ]
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key and the file."""
 
 
 @dataclass(kw_only=True)
@@ -210,9 +209,6 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
     else:
         path = Path(path)
         raw = _read_yaml(path)
-        # Imported here: legacy_config builds on this module.
-        from virtex_train.legacy_config import is_legacy_config, load_legacy_config
-
         if is_legacy_config(raw):
             return load_legacy_config(path, overrides)
         check_keys(raw, str(path), allow_base=True)
@@ -229,7 +225,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
                     f"used by {path})"
                 )
             check_keys(base, str(base_path))
-            merged = _merge(base, raw)
+            merged = merge(base, raw)
             source = f"{path} (base {base_path})"
         else:
             merged = raw
@@ -237,6 +233,37 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
     if overrides:
         source += " with overrides " + " ".join(overrides)
     return ExperimentConfig.from_dict(merged, source=source)
+
+
+def experiment_from_legacy(config: Mapping[str, Any], source: str = "config") -> ExperimentConfig:
+    """An original VirTex config (nested dict, ``_BASE_`` resolved) as an :class:`ExperimentConfig`.
+
+    See :func:`virtex_train.legacy_config.legacy_experiment_dict` for the mapping.
+
+    Raises:
+        ConfigError: a setting with no equivalent here, naming the key and ``source``.
+    """
+    result = legacy_experiment_dict(config, source)
+    return ExperimentConfig.from_dict(result, source=f"{source} (imported original config)")
+
+
+def load_legacy_config(
+    path: str | os.PathLike[str], overrides: Sequence[str] = ()
+) -> ExperimentConfig:
+    """Read an original VirTex YAML file (following ``_BASE_``) as an :class:`ExperimentConfig`.
+
+    Args:
+        path: the original config file.
+        overrides: our dotted ``key=value`` overrides (e.g. ``train.num_steps=10``), applied to
+            the imported config.
+    """
+    config = experiment_from_legacy(read_legacy_yaml(path), source=str(path))
+    if not overrides:
+        return config
+    merged = apply_overrides(config.to_dict(), overrides)
+    return ExperimentConfig.from_dict(
+        merged, source=f"{path} (imported original config) with overrides {' '.join(overrides)}"
+    )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -249,7 +276,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if any(not part for part in parts):
         raise ConfigError(f"override {brief(text)}: empty component in key {brief(key)}")
     try:
-        value = _load_yaml(value_text) if value_text.strip() else None
+        value = load_yaml(value_text) if value_text.strip() else None
     except yaml.YAMLError as error:
         raise ConfigError(f"override {brief(text)}: value is not valid YAML ({error})") from None
     return parts, value
@@ -261,14 +288,14 @@ def apply_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> dict
     Raises:
         ConfigError: malformed override or unknown key, naming the override.
     """
-    result = _merge({}, config)
+    result = merge({}, config)
     for text in overrides:
         parts, value = parse_override(text)
         nested: Any = value
         for part in reversed(parts):
             nested = {part: nested}
         check_keys(nested, f"override {brief(text)}")
-        result = _merge(result, nested)
+        result = merge(result, nested)
     return result
 
 
@@ -320,62 +347,6 @@ def quickstart_config() -> ExperimentConfig:
 # --------------------------------------------------------------------------------------------
 
 
-#: Most values a config may expand to, aliases followed (the largest real config has ~150).
-MAX_CONFIG_NODES = 10_000
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, but ``1e-4`` is a float (YAML 1.2), not the string ``"1e-4"``.
-
-    Aliases (``*name``) are allowed, but a document whose aliases expand to more than
-    :data:`MAX_CONFIG_NODES` values (a "billion laughs" alias bomb: 400 bytes, gigabytes once
-    copied or printed) is refused before anything walks it.
-    """
-
-    def construct_document(self, node: yaml.Node) -> Any:
-        expanded = _expanded_size(node, {}, MAX_CONFIG_NODES)
-        if expanded > MAX_CONFIG_NODES:
-            raise yaml.YAMLError(
-                f"aliases expand to more than {MAX_CONFIG_NODES} values (an alias bomb?)"
-            )
-        return super().construct_document(node)
-
-
-def _expanded_size(node: yaml.Node, memo: dict[int, int], limit: int) -> int:
-    """Values ``node`` stands for with aliases expanded; stops counting past ``limit``."""
-    key = id(node)
-    if key in memo:
-        return memo[key]
-    memo[key] = limit + 1  # a cycle counts as unbounded
-    total = 1
-    if isinstance(node, yaml.SequenceNode):
-        for child in node.value:
-            total += _expanded_size(child, memo, limit)
-            if total > limit:
-                break
-    elif isinstance(node, yaml.MappingNode):
-        for name, child in node.value:
-            total += _expanded_size(name, memo, limit) + _expanded_size(child, memo, limit)
-            if total > limit:
-                break
-    memo[key] = total
-    return total
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
 class _Dumper(yaml.SafeDumper):
     """Block-style mappings, one-line lists (``betas: [0.9, 0.999]``)."""
 
@@ -385,10 +356,6 @@ def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
 
 
 _Dumper.add_representer(list, _represent_list)
-
-
-def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
 
 
 def check_keys(data: Mapping[str, Any], source: str, *, allow_base: bool = False) -> None:
@@ -446,7 +413,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             f"{path}: not UTF-8 text (byte {error.start}); a config is a UTF-8 YAML file"
         ) from None
     try:
-        data = _load_yaml(text)
+        data = load_yaml(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error})") from None
     if data is None:
@@ -455,18 +422,3 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     # An empty section (``optim:`` with nothing under it) means "defaults", not null.
     return {key: {} if key in SECTIONS and value is None else value for key, value in data.items()}
-
-
-def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep merge: mappings merge key by key, any other value replaces (lists included)."""
-    merged: dict[str, Any] = {}
-    for key, value in base.items():
-        merged[key] = _merge({}, value) if isinstance(value, Mapping) else value
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(merged[key], value)
-        elif isinstance(value, Mapping):
-            merged[key] = _merge({}, value)
-        else:
-            merged[key] = value
-    return merged
