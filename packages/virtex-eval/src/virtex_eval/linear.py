@@ -25,7 +25,6 @@ Under ``torchrun`` training is data-parallel (DDP); the batch size is global.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -44,6 +43,7 @@ from virtex_data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from virtex_eval.distributed import DistContext, all_reduce_sum, init_distributed, shard_indices
 from virtex_eval.features import FeatureSet, image_folder, probe_transform
 from virtex_eval.weights import load_backbone
+from virtex_models.schedule import schedule_factor
 
 __all__ = [
     "RECIPES",
@@ -103,10 +103,10 @@ RECIPES: dict[str, Recipe] = {
 
 def lr_factor(step: int, total: int, recipe: Recipe) -> float:
     """Multiplier of the base LR at iteration ``step`` (0-based) of ``total``."""
-    if recipe.schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
-    passed = sum(step >= round(m * total) for m in recipe.milestones)
-    return float(recipe.gamma**passed)
+    milestones = sorted(round(m * total) for m in recipe.milestones)
+    return schedule_factor(
+        step, max(total, 1), recipe.schedule, milestones=milestones, gamma=recipe.gamma
+    )
 
 
 def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
