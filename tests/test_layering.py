@@ -150,3 +150,27 @@ def test_no_import_cycles_between_modules() -> None:
                     seen.add(nxt)
                     stack.append((nxt, [*trail, nxt]))
     assert not cycles, "import cycles:\n" + "\n".join(sorted(set(cycles)))
+
+
+def is_cli_module(path: Path) -> bool:
+    """A command-line module: ``cli.py``, ``cli_*.py`` or anything in a ``cli`` package."""
+    return path.stem == "cli" or path.stem.startswith("cli_") or "cli" in path.parent.parts[-1:]
+
+
+def test_click_is_imported_only_by_cli_modules() -> None:
+    found = []
+    for path in sorted(REPO.glob("packages/*/src/**/*.py")):
+        if is_cli_module(path):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(name.split(".")[0] == "click" for name in names):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not found, "click imported outside cli modules (library code holds no click):\n" + (
+        "\n".join(found)
+    )

@@ -19,12 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import helpers_caption as h
 
-from virtex_eval.captioner import (
-    DecodeSettings,
-    caption_command,
-    load_captioner,
-    read_coco_captions,
-)
+from virtex_eval.captioner import DecodeSettings, load_captioner, read_coco_captions
+from virtex_eval.cli.caption import caption_command
 from virtex_eval.images import (
     ImageFileError,
     eval_transform,
