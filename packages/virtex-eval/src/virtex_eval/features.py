@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from virtex_data.downstream import ImageFolderDataset, VOC07Classification
 from virtex_data.transforms import EvalTransform, TransformConfig
-from virtex_eval.distributed import DistContext, gather_rows, shard_indices
+from virtex_eval.distributed import DistEnv, gather_rows, shard_indices
 from virtex_eval.weights import LoadedBackbone
 from virtex_models.atomic_file import atomic_write
 from virtex_models.torchfile import load_weights_only
@@ -237,7 +237,7 @@ def extract_features(
     stages: Sequence[str] = ("layer4",),
     batch_size: int = 64,
     num_workers: int = 2,
-    ctx: DistContext | None = None,
+    ctx: DistEnv | None = None,
     precision: str = "fp32",
     channels_last: bool | None = None,
     progress: bool = True,
@@ -268,7 +268,7 @@ def extract_features(
         raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {list(stages)}")
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-    ctx = ctx or DistContext()
+    ctx = ctx or DistEnv()
     device = ctx.device
     if channels_last is None:
         channels_last = True
@@ -356,7 +356,7 @@ def cached_features(
     transform + the stages + :data:`FEATURE_FORMAT`. Rank 0 writes the file; every rank returns
     the features. A cache file that cannot be read is recomputed and replaced.
     """
-    ctx: DistContext = kwargs.get("ctx") or DistContext()
+    ctx: DistEnv = kwargs.get("ctx") or DistEnv()
     key = {
         "format": FEATURE_FORMAT,
         "weights": loaded.identity,

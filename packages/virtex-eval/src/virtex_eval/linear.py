@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from virtex_data.downstream import INaturalistDataset
 from virtex_data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from virtex_eval.distributed import DistContext, all_reduce_sum, shard_indices
+from virtex_eval.distributed import DistEnv, all_reduce_sum, shard_indices
 from virtex_eval.features import FeatureSet, image_folder, probe_transform
 from virtex_eval.weights import load_backbone
 from virtex_models.schedule import schedule_factor
@@ -185,7 +185,7 @@ def _classes(dataset: Dataset[Any]) -> list[str] | None:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader[Any], ctx: DistContext, precision: str
+    model: nn.Module, loader: DataLoader[Any], ctx: DistEnv, precision: str
 ) -> dict[str, float]:
     """Top-1 / top-5 accuracy (percent) and mean loss over the loader (all ranks)."""
     model.eval()
@@ -216,7 +216,7 @@ def train_linear(
     *,
     image_root: str | None = None,
     val_image_root: str | None = None,
-    ctx: DistContext | None = None,
+    ctx: DistEnv | None = None,
     workers: int = 4,
     precision: str = "fp32",
     eval_every: int = 0,
@@ -246,7 +246,7 @@ def train_linear(
     Returns:
         ``{"top1", "top5", "loss", "images", "history": [...], "recipe": {...}, ...}``.
     """
-    ctx = ctx or DistContext()
+    ctx = ctx or DistEnv()
     torch.manual_seed(seed)
     loaded = load_backbone(weights)
     train_set = _dataset(train, image_root, _TrainTransform(image_size, recipe.crop_scale))
