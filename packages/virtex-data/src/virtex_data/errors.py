@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import errno
 import os
-import reprlib
 import tempfile
 from pathlib import Path
-from typing import Any
+
+from virtex_data.strict_config import brief  # the one bounded repr (re-exported)
 
 __all__ = [
     "DEBUG_ENV",
@@ -30,23 +30,10 @@ DEBUG_ENV = "VIRTEX_DEBUG"
 #: Longest message printed; a longer one (a huge value in a config, a path list) is cut.
 MAX_MESSAGE = 600
 
-_BRIEF = reprlib.Repr()
-# Bounded work and output for any value, including a YAML alias bomb's shared lists: depth 3,
-# a few items per container, long strings cut in the middle.
-_BRIEF.maxlevel = 3
-_BRIEF.maxlist = _BRIEF.maxtuple = _BRIEF.maxdict = _BRIEF.maxset = 4
-_BRIEF.maxstring = _BRIEF.maxother = _BRIEF.maxlong = 60
-
 
 #: Exception types that report bad input or a bad environment (files, values, formats); any
 #: other type escaping a command is more likely a bug and is printed with its type name.
 EXPECTED = (OSError, ValueError, RuntimeError, LookupError, EOFError, MemoryError)
-
-
-def brief(value: Any) -> str:
-    """A ``repr`` of ``value`` of at most ~80 characters whose cost does not grow with it."""
-    text = _BRIEF.repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def debug_enabled() -> bool:
