@@ -34,7 +34,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -42,7 +41,6 @@ import zlib
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
@@ -55,6 +53,7 @@ from virtex_train.slurm_resources import (  # re-exported: scripts import them f
     sbatch_script,
     slurm_parameters,
 )
+from virtex_train.slurm_signals import UsrSignalBridge
 
 __all__ = [
     "RunInterrupted",
@@ -182,7 +181,6 @@ class TrainJob:
         self.train_function = train_function
         self.collective_timeout_s = collective_timeout_s
         self.max_peer_failures = max_peer_failures
-        self._signalled = False
         self._phase: Literal["setup", "running", "done"] = "setup"
 
     def __getstate__(self) -> dict[str, Any]:
@@ -201,7 +199,6 @@ class TrainJob:
         # Jobs pickled before these existed (a requeue across an upgrade) get the defaults.
         self.collective_timeout_s = state.get("collective_timeout_s")
         self.max_peer_failures = state.get("max_peer_failures", 3)
-        self._signalled = False
         self._phase = "setup"
 
     def _copy(self) -> TrainJob:
@@ -272,20 +269,10 @@ class TrainJob:
 
         TaskEnvironment.from_submitit().export(os.environ)
         rank = int(os.environ["RANK"])
-        usr_signal: int = submitit.JobEnvironment._usr_sig()
-        requeue = signal.getsignal(usr_signal)  # submitit's checkpoint-and-requeue handler
-        outer_term = signal.getsignal(signal.SIGTERM)
-
-        def on_usr_signal(signum: int, frame: FrameType | None) -> None:
-            self._signalled = True
-            term = signal.getsignal(signal.SIGTERM)
-            if term is not outer_term and callable(term):
-                # The trainer's loop is running: its graceful stop checkpoints first.
-                term(signal.SIGTERM, frame)
-            elif self._phase == "running" and callable(requeue):
-                requeue(signum, frame)  # nothing new to save yet: requeue right away
-
-        signal.signal(usr_signal, on_usr_signal)
+        bridge = UsrSignalBridge(
+            submitit.JobEnvironment._usr_sig(), running=lambda: self._phase == "running"
+        )
+        bridge.install()
         if self.collective_timeout_s is not None:
             from virtex_train.distributed import COLLECTIVE_TIMEOUT_ENV
 
@@ -306,19 +293,15 @@ class TrainJob:
         if rank == 0:
             step = checkpoint_step(self.output_dir)
             interrupted = step is None or step < self.config.train.num_steps
-            if interrupted and not self._signalled:
-                deadline = time.monotonic() + _USR_AFTER_TERM_S
-                while not self._signalled and time.monotonic() < deadline:
-                    time.sleep(0.05)
+            if interrupted:
+                bridge.wait(_USR_AFTER_TERM_S)
         else:
             # Only rank 0 reads `latest` reliably (it writes it); the others trust the signal.
-            step, interrupted = None, self._signalled
+            step, interrupted = None, bridge.signalled
         if not interrupted:
             return result
-        if self._signalled and callable(requeue):
-            requeue(usr_signal, None)  # rank 0: checkpoint() + scontrol requeue + exit
-            if rank != 0:
-                time.sleep(_REQUEUE_GRACE_S)  # the requeue ends this task
+        if bridge.hand_over() and rank != 0:  # rank 0: checkpoint() + scontrol requeue + exit
+            time.sleep(_REQUEUE_GRACE_S)  # the requeue ends this task
         if rank != 0:
             return result
         raise RunInterrupted(
