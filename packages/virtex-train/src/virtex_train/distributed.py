@@ -1,16 +1,8 @@
 """Process-group set-up under ``torchrun`` or SLURM, and the few collectives the trainer needs.
 
-Environment detection (:func:`virtex_models.dist_env.detect_env`, re-exported here; first match
-wins):
-
-- ``torchrun``: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and ``MASTER_ADDR``/``MASTER_PORT``).
-- SLURM (``srun``, e.g. through submitit): ``SLURM_PROCID``, ``SLURM_NTASKS``,
-  ``SLURM_LOCALID``; ``MASTER_ADDR`` must be set (submitit and most launch scripts export it),
-  else the first host of ``SLURM_JOB_NODELIST`` is used when it is a plain host name.
-- otherwise a single process.
-
-A SLURM batch script that runs ``python`` directly (no ``srun``) sees ``SLURM_NTASKS`` but only
-one process exists; such a run is treated as single-process when ``SLURM_STEP_ID`` is absent.
+Where this process sits (``torchrun``, SLURM ``srun`` or a single process) is read by
+:func:`virtex_models.dist_env.detect_env` into a :class:`~virtex_models.dist_env.DistEnv` (both
+re-exported here; the detection rules are in that module's docstring).
 
 Collective timeout: a collective (the gradient all-reduce, a barrier) that waits longer than
 ``VIRTEX_COLLECTIVE_TIMEOUT_S`` seconds (default 300) for another rank fails with an error instead
