@@ -108,3 +108,79 @@ if __name__ == "__main__":
     problems = layering_violations(REPO)
     print("\n".join(problems) or "layering ok")
     sys.exit(1 if problems else 0)
+
+
+def module_import_graph(repo: Path) -> dict[str, set[str]]:
+    """``{module: internal modules it imports}`` over the packages' sources, lazy imports too
+    (imports under ``if TYPE_CHECKING:`` are left out: they never run, and exist to name a type
+    without a runtime cycle).
+
+    Package ``__init__`` modules are left out: re-exporting from submodules is their job, and a
+    submodule importing a sibling through the package name is not a cycle between the two.
+    """
+    modules: dict[str, Path] = {}
+    for path in sorted(repo.glob("packages/*/src/*/**/*.py")):
+        if path.name != "__init__.py":
+            src = next(p for p in path.parents if p.name == "src")
+            modules[".".join(path.relative_to(src).with_suffix("").parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        typing_only = {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+            for inner in ast.walk(node)
+        }
+        targets: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets.add(node.module)
+                targets.update(f"{node.module}.{alias.name}" for alias in node.names)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_no_import_cycles_between_modules() -> None:
+    graph = module_import_graph(REPO)
+    cycles = []
+    for start in graph:
+        stack = [(start, [start])]
+        seen: set[str] = set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    cycles.append(" -> ".join([*trail, start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*trail, nxt]))
+    assert not cycles, "import cycles:\n" + "\n".join(sorted(set(cycles)))
+
+
+def is_cli_module(path: Path) -> bool:
+    """A command-line module: ``cli.py``, ``cli_*.py`` or anything in a ``cli`` package."""
+    return path.stem == "cli" or path.stem.startswith("cli_") or "cli" in path.parent.parts[-1:]
+
+
+def test_click_is_imported_only_by_cli_modules() -> None:
+    found = []
+    for path in sorted(REPO.glob("packages/*/src/**/*.py")):
+        if is_cli_module(path):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(name.split(".")[0] == "click" for name in names):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not found, "click imported outside cli modules (library code holds no click):\n" + (
+        "\n".join(found)
+    )

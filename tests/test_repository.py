@@ -71,3 +71,11 @@ def test_no_objective_kind_is_spelled_in_more_than_three_source_files() -> None:
     for kind in sorted(kinds):
         spelled = [str(p.relative_to(REPO)) for p, strings in constants.items() if kind in strings]
         assert 1 <= len(spelled) <= 3, (kind, spelled)
+
+
+@pytest.mark.parametrize("module", ["atomic_file.py", "strict_config.py"])
+def test_the_two_copies_of_a_shared_helper_are_identical(module: str) -> None:
+    # data and models never import each other, so each holds the helper (see its docstring).
+    data = REPO / "packages/virtex-data/src/virtex_data" / module
+    models = REPO / "packages/virtex-models/src/virtex_models" / module
+    assert data.read_bytes() == models.read_bytes(), f"{data} and {models} differ: copy one over"

@@ -313,7 +313,7 @@ def test_data_config_round_trips_and_rejects_unknown_keys() -> None:
     assert again == config
     with pytest.raises(ValueError, match=r"unknown key data\.transform\.crop_scal"):
         DataConfig.from_dict({"transform": {"crop_scal": [0.2, 1.0]}})
-    with pytest.raises(ValueError, match=r"data\.max_caption_length: expected an integer"):
+    with pytest.raises(ValueError, match=r"data\.max_caption_length must be an integer"):
         DataConfig.from_dict({"max_caption_length": "30"})
 
 

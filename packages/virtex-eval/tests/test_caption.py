@@ -19,12 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import helpers_caption as h
 
-from virtex_eval.captioner import (
-    DecodeSettings,
-    caption_command,
-    load_captioner,
-    read_coco_captions,
-)
+from virtex_eval.captioner import DecodeSettings, load_captioner, read_coco_captions
+from virtex_eval.cli.caption import caption_command
 from virtex_eval.images import (
     ImageFileError,
     eval_transform,
@@ -105,6 +101,32 @@ def test_trained_checkpoint_captions_its_images(tmp_path: Path) -> None:
     assert captioner.caption_files(paths, DecodeSettings(beam_size=3), batch_size=2) == expected
     # The default decoder of the checkpoint (beam 2) too.
     assert captioner.caption_files(paths) == expected
+
+
+def test_typed_preprocessing_entry_wins_over_the_training_yaml(tmp_path: Path) -> None:
+    data, _ = h.trained()
+    typed = {
+        **data,
+        "preprocessing": {
+            "image_size": 40,
+            "eval_resize": 44,
+            "mean": [0.5] * 3,
+            "std": [0.25] * 3,
+        },
+    }
+    captioner = load_captioner(typed)  # the YAML entry still says h.IMAGE_SIZE
+    assert captioner.image_size == 40 and captioner.transform.config.resize_side == 44
+    Image.new("RGB", (60, 50), (255, 0, 51)).save(tmp_path / "red.png")
+    pixels = captioner.transform.image(load_image(tmp_path / "red.png"))
+    # By hand: (255/255 - 0.5) / 0.25 = 2, (0 - 0.5) / 0.25 = -2, (51/255 - 0.5) / 0.25 = -1.2.
+    assert pixels.shape == (3, 40, 40)
+    expected = torch.tensor([2.0, -2.0, -1.2]).view(3, 1, 1).expand(3, 40, 40)
+    assert torch.allclose(pixels, expected, atol=1e-5)
+    # Written before the entry existed: the YAML's size and ImageNet normalisation.
+    old = load_captioner(data)
+    assert old.image_size == h.IMAGE_SIZE and old.transform.config.mean == (0.485, 0.456, 0.406)
+    with pytest.raises(ValueError, match=r"preprocessing.image_size must be a positive int"):
+        load_captioner({**data, "preprocessing": {"image_size": "big"}})
 
 
 def test_nucleus_sampling_is_seeded(tmp_path: Path) -> None:

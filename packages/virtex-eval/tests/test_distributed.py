@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from virtex_eval.distributed import DistContext, all_reduce_sum, gather_rows, shard_indices
+from virtex_eval.distributed import DistEnv, all_reduce_sum, gather_rows, shard_indices
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,7 +24,7 @@ def _rank(rank: int, store: str, out: Path) -> None:
     try:
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-        ctx = DistContext(rank=rank, world_size=WORLD)
+        ctx = DistEnv(rank=rank, world_size=WORLD)
         local = ROWS[shard_indices(TOTAL, rank, WORLD)]
         gathered = gather_rows(local, TOTAL, ctx)
         # 3 rows: shards of 2 and 1 (fewer rows than twice the ranks).
@@ -63,7 +63,7 @@ def test_gather_rows_puts_two_ranks_rows_back_in_dataset_order(tmp_path: Path) -
 
 def test_one_process_returns_rows_as_they_are() -> None:
     local = ROWS[:3]
-    assert gather_rows(local, 3, DistContext()) is local
+    assert gather_rows(local, 3, DistEnv()) is local
     value = torch.tensor([2.0])
-    summed = all_reduce_sum(value, DistContext())
+    summed = all_reduce_sum(value, DistEnv())
     assert summed.item() == 2.0 and summed is not value

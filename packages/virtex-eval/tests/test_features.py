@@ -14,11 +14,11 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from virtex_eval.cli.features import features_command
 from virtex_eval.features import (
     FeatureSet,
     cached_features,
     extract_features,
-    features_command,
     image_folder,
     probe_transform,
 )
@@ -171,7 +171,7 @@ def test_two_gloo_processes_gather_the_same_features(tmp_path: Path) -> None:
     assert CliRunner().invoke(features_command, [*args, "--out", str(single)]).exit_code == 0
     script = tmp_path / "run.py"
     script.write_text(
-        "import sys\nfrom virtex_eval.features import features_command\n"
+        "import sys\nfrom virtex_eval.cli.features import features_command\n"
         "features_command(sys.argv[1:])\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

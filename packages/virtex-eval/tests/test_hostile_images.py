@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import helpers_caption as h
 
-from virtex_eval.captioner import caption_command
+from virtex_eval.cli.caption import caption_command
 from virtex_eval.images import (
     ImageFileError,
     eval_transform,

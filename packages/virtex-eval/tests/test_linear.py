@@ -14,11 +14,12 @@ from click.testing import CliRunner
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
-from virtex_eval.features import FeatureSet, features_command
+from virtex_eval.cli.features import features_command
+from virtex_eval.cli.linear import linear_command
+from virtex_eval.features import FeatureSet
 from virtex_eval.linear import (
     RECIPES,
     LinearClassifier,
-    linear_command,
     lr_factor,
     topk_correct,
     train_linear,
@@ -236,7 +237,8 @@ def test_two_gloo_processes_train_and_count_every_val_image_once(tmp_path: Path)
     out = tmp_path / "ddp.json"
     script = tmp_path / "run.py"
     script.write_text(
-        "import sys\nfrom virtex_eval.linear import linear_command\nlinear_command(sys.argv[1:])\n"
+        "import sys\nfrom virtex_eval.cli.linear import linear_command\n"
+        "linear_command(sys.argv[1:])\n"
     )
     args = ["--weights", "random:resnet18", "--train", str(train), "--val", str(val)]
     args += ["--epochs", "2", "--batch-size", "6", "--image-size", "32", "--workers", "0"]

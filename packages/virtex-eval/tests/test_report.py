@@ -16,7 +16,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from virtex_eval.report import read_run, render_table, report_command, write_report
+from virtex_eval.cli.report import report_command
+from virtex_eval.report import read_run, render_table, write_report
 
 
 def _make_run(root: Path) -> Path:

@@ -16,14 +16,9 @@ from sklearn.model_selection import cross_val_score
 from sklearn.svm import LinearSVC
 
 from virtex_data.downstream import VOC_CLASSES
+from virtex_eval.cli.voc07 import voc07_command
 from virtex_eval.features import probe_transform, voc07_split
-from virtex_eval.voc07 import (
-    SvmConfig,
-    average_precision,
-    l2_normalize,
-    train_test_svms,
-    voc07_command,
-)
+from virtex_eval.voc07 import SvmConfig, average_precision, l2_normalize, train_test_svms
 
 # ---------------------------------------------------------------------------------------------
 # Tiny VOC tree, written the way the VOC devkit does: XML annotations with difficult flags, and
@@ -352,8 +347,8 @@ def test_bad_voc_roots_are_named(tmp_path: Path) -> None:
 
 
 def test_commands_explain_themselves() -> None:
-    from virtex_eval.features import features_command
-    from virtex_eval.linear import linear_command
+    from virtex_eval.cli.features import features_command
+    from virtex_eval.cli.linear import linear_command
 
     for command, words in (
         (voc07_command, "3-fold CV AP"),

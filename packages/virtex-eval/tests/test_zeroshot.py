@@ -16,13 +16,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import helpers_caption as h
 
 from virtex_eval.captioner import load_captioner
+from virtex_eval.cli.zeroshot import zeroshot_command
 from virtex_eval.images import ImageFileError
-from virtex_eval.zeroshot import (
-    ZeroShotClassifier,
-    evaluate,
-    read_image_folders,
-    zeroshot_command,
-)
+from virtex_eval.zeroshot import ZeroShotClassifier, evaluate, read_image_folders
 
 CAPTIONS = [caption for _, caption in h.SCENES.values()]
 

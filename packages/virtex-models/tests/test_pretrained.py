@@ -70,3 +70,33 @@ def test_errors_name_file_and_key(tmp_path: Path) -> None:
         load_objective({**checkpoint, "model": weights})
     with pytest.raises(ValueError, match="format_version 7"):
         load_objective({**checkpoint, "format_version": 7})
+
+
+def test_typed_checkpoint_round_trip_keeps_every_entry() -> None:
+    from virtex_models.pretrained import ModelCheckpoint, Preprocessing, read_checkpoint
+
+    spec = ModelSpec(config=CONFIG, vocab=VOCAB)
+    model = spec.build()
+    written = ModelCheckpoint(
+        model=dict(model.state_dict()),
+        spec=spec,
+        preprocessing=Preprocessing(image_size=48, mean=(0.5, 0.5, 0.5), std=(0.2, 0.3, 0.4)),
+        tokenizer="{}",
+        extra={"step": 7, "config": "seed: 0\n"},
+    ).to_dict()
+    assert written["preprocessing"] == {
+        "image_size": 48,
+        "eval_resize": None,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.2, 0.3, 0.4],
+    }
+    again = read_checkpoint(written)
+    assert again.preprocessing == Preprocessing(48, None, (0.5, 0.5, 0.5), (0.2, 0.3, 0.4))
+    assert again.tokenizer == "{}" and again.extra == {"step": 7, "config": "seed: 0\n"}
+    assert again.to_dict().keys() == written.keys()
+    # Written before the entry existed: no preprocessing, not an error.
+    assert read_checkpoint(checkpoint_dict(model, spec)).preprocessing is None
+    with pytest.raises(ValueError, match=r"preprocessing.std must be 3 numbers"):
+        read_checkpoint({**written, "preprocessing": {"std": [1.0, 2.0]}})
+    with pytest.raises(ValueError, match=r"unknown key checkpoint: preprocessing.size"):
+        read_checkpoint({**written, "preprocessing": {"size": 3}})

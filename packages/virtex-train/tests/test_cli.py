@@ -94,6 +94,13 @@ def test_pretrain_writes_the_run_directory_and_resumes(config_file: Path, tmp_pa
         checkpoint
     )
     assert "lookahead" in checkpoint["optimizer"]
+    # Evaluation's preprocessing as typed fields: the config's 32 px and ImageNet statistics.
+    assert checkpoint["preprocessing"] == {
+        "image_size": 32,
+        "eval_resize": None,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
     model, spec = load_objective(out / "checkpoints" / "final.pt")
     assert spec.config.textual.width == 32
 

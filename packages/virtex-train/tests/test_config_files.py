@@ -15,8 +15,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _original_configs import ORIGINAL_BASE
 
 from virtex_models.registry import get_objective
-from virtex_train.config import ExperimentConfig, load_config, quickstart_config
-from virtex_train.legacy_config import load_legacy_config
+from virtex_train.config import (
+    ExperimentConfig,
+    load_config,
+    load_legacy_config,
+    quickstart_config,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 PRETRAIN = ROOT / "configs" / "pretrain"

@@ -9,13 +9,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _original_configs import ORIGINAL_BASE
 
-from virtex_train.config import ConfigError, ExperimentConfig, load_config
-from virtex_train.legacy_config import (
+from virtex_train.config import (
+    ConfigError,
+    ExperimentConfig,
     experiment_from_legacy,
-    is_legacy_config,
+    load_config,
     load_legacy_config,
-    read_legacy_yaml,
 )
+from virtex_train.legacy_config import is_legacy_config, read_legacy_yaml
 
 
 def write(path: Path, text: str) -> Path:

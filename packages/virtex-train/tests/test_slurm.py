@@ -22,6 +22,7 @@ import cloudpickle
 import pytest
 from click.testing import CliRunner
 
+from virtex_train.cli_submit import submit_command
 from virtex_train.config import ExperimentConfig, load_config
 from virtex_train.distributed import detect_env
 from virtex_train.slurm import (
@@ -35,7 +36,6 @@ from virtex_train.slurm import (
     sbatch_script,
     slurm_parameters,
     submit,
-    submit_command,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -34,8 +34,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from virtex_train.cli_submit import submit_command
 from virtex_train.config import load_config
-from virtex_train.slurm import checkpoint_step, submit_command
+from virtex_train.slurm import checkpoint_step
 
 sys.path.insert(0, str(Path(__file__).parent))
 import slurm_cluster

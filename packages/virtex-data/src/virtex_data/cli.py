@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from virtex_data import __version__
-from virtex_data.errors import OneLineErrors, check_writable
+from virtex_data.cli_errors import OneLineErrors
+from virtex_data.errors import check_writable
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})

@@ -33,6 +33,8 @@ from typing import Any
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from virtex_data.atomic_file import atomic_write_text
+
 __all__ = [
     "BACKGROUNDS",
     "COLOURS",
@@ -369,9 +371,7 @@ def _make_one(job: tuple[str, str, int, int, int, str]) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data))
 
 
 #: What ``generate`` writes into its folder, and what the quickstart derives there.

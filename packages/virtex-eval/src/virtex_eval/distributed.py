@@ -10,48 +10,15 @@ NCCL when CUDA is available and gloo otherwise. Work is sharded by strided indic
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["DistContext", "all_reduce_sum", "gather_rows", "init_distributed", "shard_indices"]
+from virtex_models.dist_env import DistEnv
 
-
-@dataclass
-class DistContext:
-    """Where this process stands.
-
-    Attributes:
-        rank: global rank (0 when not distributed).
-        world_size: number of processes (1 when not distributed).
-        device: the device this process computes on.
-        owns_group: whether :func:`init_distributed` created the process group (and
-            :meth:`close` destroys it).
-    """
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")
-    owns_group: bool = False
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self.owns_group = False
+__all__ = ["DistEnv", "all_reduce_sum", "gather_rows", "init_distributed", "shard_indices"]
 
 
 def _pick_device(device: str | None, local_rank: int) -> torch.device:
@@ -65,7 +32,7 @@ def _pick_device(device: str | None, local_rank: int) -> torch.device:
     return chosen
 
 
-def init_distributed(device: str | None = None) -> DistContext:
+def init_distributed(device: str | None = None) -> DistEnv:
     """Join (or create) the process group ``torchrun`` describes, if any.
 
     Args:
@@ -76,14 +43,28 @@ def init_distributed(device: str | None = None) -> DistContext:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     chosen = _pick_device(device, local_rank)
     if dist.is_available() and dist.is_initialized():
-        return DistContext(dist.get_rank(), dist.get_world_size(), chosen, owns_group=False)
+        return _env(dist.get_rank(), dist.get_world_size(), local_rank, chosen, owns_group=False)
     if world <= 1:
-        return DistContext(0, 1, chosen, owns_group=False)
+        return _env(0, 1, local_rank, chosen, owns_group=False)
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
     backend = "nccl" if chosen.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend)
-    return DistContext(dist.get_rank(), dist.get_world_size(), chosen, owns_group=True)
+    return _env(dist.get_rank(), dist.get_world_size(), local_rank, chosen, owns_group=True)
+
+
+def _env(
+    rank: int, world_size: int, local_rank: int, device: torch.device, *, owns_group: bool
+) -> DistEnv:
+    launcher: Literal["single", "torchrun"] = "torchrun" if world_size > 1 else "single"
+    return DistEnv(
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+        launcher=launcher,
+        device=device,
+        owns_group=owns_group,
+    )
 
 
 def shard_indices(total: int, rank: int, world_size: int) -> list[int]:
@@ -91,7 +72,7 @@ def shard_indices(total: int, rank: int, world_size: int) -> list[int]:
     return list(range(rank, total, world_size))
 
 
-def gather_rows(local: Tensor, total: int, ctx: DistContext) -> Tensor:
+def gather_rows(local: Tensor, total: int, ctx: DistEnv) -> Tensor:
     """Gather the rows each rank computed for :func:`shard_indices` into dataset order.
 
     Args:
@@ -119,7 +100,7 @@ def gather_rows(local: Tensor, total: int, ctx: DistContext) -> Tensor:
     return out
 
 
-def all_reduce_sum(value: Tensor, ctx: DistContext) -> Tensor:
+def all_reduce_sum(value: Tensor, ctx: DistEnv) -> Tensor:
     """Sum of ``value`` over ranks (a copy; ``value`` itself is unchanged)."""
     if not ctx.distributed:
         return value.clone()

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -32,8 +31,10 @@ from tqdm import tqdm
 
 from virtex_data.downstream import ImageFolderDataset, VOC07Classification
 from virtex_data.transforms import EvalTransform, TransformConfig
-from virtex_eval.distributed import DistContext, gather_rows, init_distributed, shard_indices
-from virtex_eval.weights import LoadedBackbone, load_backbone
+from virtex_eval.distributed import DistEnv, gather_rows, shard_indices
+from virtex_eval.weights import LoadedBackbone
+from virtex_models.atomic_file import atomic_write
+from virtex_models.torchfile import load_weights_only
 
 __all__ = [
     "FEATURE_FORMAT",
@@ -43,7 +44,6 @@ __all__ = [
     "dataset_fingerprint",
     "default_cache_dir",
     "extract_features",
-    "features_command",
     "image_folder",
     "probe_transform",
     "resolve_voc_root",
@@ -75,17 +75,13 @@ class FeatureSet:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (temporary file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         payload = {
             "format": FEATURE_FORMAT,
             "features": self.features,
             "targets": self.targets,
             "meta": json.dumps(self.meta, sort_keys=True),
         }
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda handle: torch.save(payload, handle))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> FeatureSet:
@@ -98,8 +94,8 @@ class FeatureSet:
         if not path.is_file():
             raise FileNotFoundError(f"feature file not found: {path}")
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
+            payload = load_weights_only(path)
+        except ValueError as error:
             raise ValueError(f"{path}: cannot read as a feature file ({error})") from None
         if not isinstance(payload, dict) or payload.get("format") != FEATURE_FORMAT:
             raise ValueError(
@@ -241,7 +237,7 @@ def extract_features(
     stages: Sequence[str] = ("layer4",),
     batch_size: int = 64,
     num_workers: int = 2,
-    ctx: DistContext | None = None,
+    ctx: DistEnv | None = None,
     precision: str = "fp32",
     channels_last: bool | None = None,
     progress: bool = True,
@@ -272,7 +268,7 @@ def extract_features(
         raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {list(stages)}")
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-    ctx = ctx or DistContext()
+    ctx = ctx or DistEnv()
     device = ctx.device
     if channels_last is None:
         channels_last = True
@@ -360,7 +356,7 @@ def cached_features(
     transform + the stages + :data:`FEATURE_FORMAT`. Rank 0 writes the file; every rank returns
     the features. A cache file that cannot be read is recomputed and replaced.
     """
-    ctx: DistContext = kwargs.get("ctx") or DistContext()
+    ctx: DistEnv = kwargs.get("ctx") or DistEnv()
     key = {
         "format": FEATURE_FORMAT,
         "weights": loaded.identity,
@@ -389,98 +385,3 @@ def cached_features(
         ctx.barrier()
         result.meta["cache"] = str(path)
     return result
-
-
-@click.command(
-    "features",
-    context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="Example: virtex-eval features --weights run/checkpoints/final.pt "
-    "--folder imagenet/val --out val.pt",
-)
-@click.option(
-    "--weights",
-    required=True,
-    help="CKPT.pt | original:CKPT,CONFIG.yaml | torchvision:PATH[,ARCH] | random[:ARCH]",
-)
-@click.option("--folder", type=click.Path(file_okay=False), help="Class-folder dataset root.")
-@click.option("--voc-root", type=click.Path(file_okay=False), help="VOC2007 (or VOCdevkit) root.")
-@click.option("--split", default="trainval", show_default=True, help="VOC split.")
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Feature file.")
-@click.option("--stages", default="layer4", show_default=True, help="Comma-separated stages.")
-@click.option("--image-size", default=224, show_default=True, help="Centre-crop side.")
-@click.option("--resize", default=256, show_default=True, help="Shorter side before cropping.")
-@click.option("--batch-size", default=64, show_default=True, help="Images per batch (per rank).")
-@click.option("--workers", default=4, show_default=True, help="DataLoader workers (per rank).")
-@click.option("--device", default="auto", show_default=True, help="cpu | cuda | cuda:N | auto.")
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "bf16"]),
-    default="fp32",
-    show_default=True,
-    help="Autocast dtype of the forward pass.",
-)
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Feature cache (default: $VIRTEX_CACHE/features or ~/.cache/virtex/features).",
-)
-@click.option("--no-cache", is_flag=True, help="Neither read nor write the cache.")
-def features_command(
-    weights: str,
-    folder: str | None,
-    voc_root: str | None,
-    split: str,
-    out: str,
-    stages: str,
-    image_size: int,
-    resize: int,
-    batch_size: int,
-    workers: int,
-    device: str,
-    precision: str,
-    cache_dir: str | None,
-    no_cache: bool,
-) -> None:
-    """Extract pooled features of a frozen backbone (torchrun-aware) into a file.
-
-    Give a class-folder dataset (--folder) or a VOC split (--voc-root, --split). The file holds
-    the features of each stage, the labels and a description; `virtex-eval linear
-    --on-features` reads it.
-    """
-    if (folder is None) == (voc_root is None):
-        raise click.UsageError("give exactly one of --folder or --voc-root")
-    ctx = init_distributed(device)
-    try:
-        transform = probe_transform(image_size, resize)
-        loaded = load_backbone(weights)
-        dataset: Dataset[Any]
-        extra: dict[str, Any]
-        if folder is not None:
-            dataset = image_folder(folder, transform)
-            extra = {"dataset": str(folder), "classes": list(dataset.classes)}
-        else:
-            assert voc_root is not None
-            dataset = voc07_split(voc_root, split, transform)
-            extra = {"dataset": f"{voc_root}:{split}", "image_ids": list(dataset.image_ids)}
-        result = cached_features(
-            loaded,
-            dataset,
-            transform,
-            cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
-            stages=[s.strip() for s in stages.split(",") if s.strip()],
-            extra_meta=extra,
-            batch_size=batch_size,
-            num_workers=workers,
-            ctx=ctx,
-            precision=precision,
-        )
-        if ctx.is_main:
-            result.save(out)
-            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in result.features.items())
-            source = "cache" if result.meta.get("cache_hit") else "extracted"
-            click.echo(f"{out}: {shapes} ({source})")
-    except (ValueError, FileNotFoundError) as error:
-        raise click.ClickException(str(error)) from None
-    finally:
-        ctx.close()

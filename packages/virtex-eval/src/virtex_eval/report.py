@@ -34,11 +34,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import click
-
 from virtex_eval.images import IMAGE_EXTENSIONS, ImageFileError, load_image
+from virtex_models.atomic_file import atomic_write_text
 
-__all__ = ["RunData", "build_report", "read_jsonl", "read_run", "report_command", "write_report"]
+__all__ = ["RunData", "build_report", "read_jsonl", "read_run", "write_report"]
 
 _SKIP_DIRS = {"checkpoints", "tb", "__pycache__"}
 _MAX_JSON_BYTES = 5_000_000
@@ -420,38 +419,4 @@ def write_report(
         raise ValueError(f"{image_dir}: no such image directory")
     target = Path(output) if output is not None else run.root / "report.html"
     text = build_report(run, images=image_dir, samples=samples)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(target.name + ".partial")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(target)
-    return target
-
-
-@click.command("report", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option(
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="HTML file to write (default: RUN_DIR/report.html).",
-)
-@click.option(
-    "--images",
-    type=click.Path(path_type=Path),
-    help="Folder of the validation images (files named after the image ids).",
-)
-@click.option("--samples", type=int, default=24, show_default=True, help="Sample cards to show.")
-def report_command(run_dir: Path, output: Path | None, images: Path | None, samples: int) -> None:
-    """Write one self-contained HTML page about a training run.
-
-    Training curves from RUN_DIR/metrics.jsonl, every metrics JSON found in RUN_DIR (captioning
-    scores, ablation.json, VOC07 ...), and the last validation captions from samples.jsonl
-    (with images when --images is given). Plots and images are embedded.
-
-    \b
-      virtex-eval report runs/bicap_r50 --images data/coco/val2017
-    """
-    try:
-        path = write_report(run_dir, output, images=images, samples=samples)
-    except ValueError as error:
-        raise click.ClickException(str(error)) from error
-    click.echo(f"wrote {path}")
+    return atomic_write_text(target, text)

@@ -21,21 +21,19 @@ decoder pass per pair, so ``virtex-eval retrieval`` refuses sets above ``--max-p
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import click
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from virtex_data.sources import OutsideImageFolder, image_path, read_captions
-from virtex_eval.captioner import Captioner, load_captioner
+from virtex_eval.captioner import Captioner
 from virtex_eval.images import ImageFileDataset
 from virtex_eval.zeroshot import (
     Direction,
@@ -50,7 +48,6 @@ __all__ = [
     "LikelihoodScorer",
     "TooManyPairs",
     "read_caption_set",
-    "retrieval_command",
     "retrieval_metrics",
 ]
 
@@ -260,109 +257,3 @@ def retrieval_metrics(scores: Tensor, image_of: Sequence[int]) -> dict[str, Any]
         "num_images": int(scores.shape[0]),
         "num_captions": int(scores.shape[1]),
     }
-
-
-@click.command("retrieval", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--checkpoint",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Self-contained checkpoint of a (bi)captioning model.",
-)
-@click.option(
-    "--captions",
-    "caption_file",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Caption file: COCO captions JSON, JSONL or CSV (as build-lmdb reads).",
-)
-@click.option(
-    "--images",
-    "image_folder",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder the caption file's image paths are relative to.",
-)
-@click.option(
-    "--direction",
-    type=click.Choice(["forward", "backward", "both"]),
-    default=None,
-    help="Decoders to score with (default: both for bicaptioning, else forward).",
-)
-@click.option(
-    "--normalize",
-    type=click.Choice(["sum", "mean"]),
-    default="sum",
-    show_default=True,
-    help="Per direction: sum of token log-probabilities, or their mean per token.",
-)
-@click.option(
-    "--max-pairs",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_PAIRS,
-    show_default=True,
-    help="Refuse caption sets with more images x captions pairs.",
-)
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Metrics JSON.")
-@click.option("--image-size", type=int, help="Override the training image size.")
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Images per batch.")
-@click.option(
-    "--pair-batch", type=int, default=256, show_default=True, help="Pairs per decoder pass."
-)
-@click.option("--workers", type=int, default=0, show_default=True)
-@click.option("--device", default=None, help="cpu, cuda ... (default: cuda if present).")
-def retrieval_command(
-    checkpoint: Path,
-    caption_file: Path,
-    image_folder: Path,
-    direction: Direction | None,
-    normalize: Normalize,
-    max_pairs: int,
-    output: Path | None,
-    image_size: int | None,
-    batch_size: int,
-    pair_batch: int,
-    workers: int,
-    device: str | None,
-) -> None:
-    """Image-text retrieval by caption likelihood: recall@1/5/10 and mean rank.
-
-    Every image x caption pair is scored by log p(caption | image) (forward, plus backward for
-    bicaptioning models); images rank captions and captions rank images by that score.
-
-    \b
-      virtex-eval retrieval --checkpoint final.pt --captions captions_val2017.json \\
-          --images val2017 --normalize mean --output retrieval.json
-    """
-    try:
-        caption_set = read_caption_set(caption_file, image_folder)
-        check_pairs(caption_set.pairs, len(caption_set.paths), len(caption_set.captions), max_pairs)
-        captioner = load_captioner(
-            checkpoint,
-            device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
-            image_size=image_size,
-        )
-        scorer = LikelihoodScorer(
-            captioner, direction=direction, normalize=normalize, pair_batch=pair_batch
-        )
-        scores = scorer.score_files(
-            caption_set.paths,
-            caption_set.captions,
-            batch_size=batch_size,
-            num_workers=workers,
-            progress=True,
-        )
-    except (ValueError, FileNotFoundError) as error:  # ImageFileError, TooManyPairs included
-        raise click.ClickException(str(error)) from error
-    record = retrieval_metrics(scores, caption_set.image_of)
-    click.echo(f"images {record['num_images']}  captions {record['num_captions']}")
-    for name in ("image_to_text", "text_to_image"):
-        values = record[name]
-        recalls = "  ".join(f"R@{k} {values[f'R@{k}']:.4f}" for k in RECALL_AT)
-        click.echo(f"{name:14s} {recalls}  mean rank {values['mean_rank']:.2f}")
-    if output is not None:
-        record["direction"] = scorer.direction
-        record["normalize"] = normalize
-        record["captions"] = str(caption_file)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

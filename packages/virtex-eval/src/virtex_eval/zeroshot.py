@@ -16,21 +16,19 @@ per class; the folder name, with ``_`` read as a space, is the class name).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import click
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from virtex_data.tokenizer import CaptionTokenizer
-from virtex_eval.captioner import Captioner, load_captioner
+from virtex_eval.captioner import Captioner
 from virtex_eval.images import ImageFileDataset, ImageFileError, find_images
 from virtex_models.captioning import Captioning, reverse_captions
 
@@ -44,7 +42,6 @@ __all__ = [
     "caption_tokens",
     "read_image_folders",
     "resolve_direction",
-    "zeroshot_command",
 ]
 
 DEFAULT_PROMPT = "a photo of a {}"
@@ -314,99 +311,3 @@ def evaluate(
         predictions=predictions.tolist(),
         num_images=len(dataset),
     )
-
-
-@click.command("zero-shot", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--checkpoint",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Self-contained checkpoint of a (bi)captioning model.",
-)
-@click.option(
-    "--images",
-    "root",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder with one sub-folder of images per class.",
-)
-@click.option(
-    "--prompt", default=DEFAULT_PROMPT, show_default=True, help="Template; {} = class name."
-)
-@click.option(
-    "--direction",
-    type=click.Choice(["forward", "backward", "both"]),
-    default=None,
-    help="Decoders to score with (default: both for bicaptioning, else forward).",
-)
-@click.option("--normalize", is_flag=True, help="Mean log-probability per token, not the sum.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Metrics JSON.")
-@click.option(
-    "--predictions",
-    "predictions_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Per-image predictions JSON.",
-)
-@click.option("--image-size", type=int, help="Override the training image size.")
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--workers", type=int, default=0, show_default=True)
-@click.option("--device", default=None, help="cpu, cuda ... (default: cuda if present).")
-def zeroshot_command(
-    checkpoint: Path,
-    root: Path,
-    prompt: str,
-    direction: Direction | None,
-    normalize: bool,
-    output: Path | None,
-    predictions_path: Path | None,
-    image_size: int | None,
-    batch_size: int,
-    workers: int,
-    device: str | None,
-) -> None:
-    """Zero-shot classification by caption likelihood.
-
-    Each class prompt ("a photo of a {name}") is scored as the image's caption (forward, plus
-    backward for bicaptioning models); the most likely class wins.
-
-    \b
-      virtex-eval zero-shot --checkpoint final.pt --images imagenette/val \\
-          --prompt "a photo of a {}" --output zeroshot.json
-    """
-    try:
-        split = read_image_folders(root)
-        captioner = load_captioner(
-            checkpoint,
-            device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
-            image_size=image_size,
-        )
-        classifier = ZeroShotClassifier(
-            captioner, split.class_names, prompt, direction=direction, normalize=normalize
-        )
-        result = evaluate(
-            classifier, split, batch_size=batch_size, num_workers=workers, progress=True
-        )
-    except ValueError as error:  # ImageFileError included
-        raise click.ClickException(str(error)) from error
-    click.echo(f"classes {len(split.class_names)}  images {result.num_images}")
-    click.echo(f"top1  {result.top1:.4f}")
-    if result.top5 is not None:
-        click.echo(f"top5  {result.top5:.4f}")
-    if output is not None:
-        record = result.metrics()
-        record["prompt"] = prompt
-        record["direction"] = classifier.direction
-        record["normalize"] = normalize
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    if predictions_path is not None:
-        rows = [
-            {
-                "file": str(path),
-                "label": split.class_names[label],
-                "predicted": split.class_names[p],
-            }
-            for path, label, p in zip(split.paths, split.labels, result.predictions, strict=True)
-        ]
-        predictions_path.parent.mkdir(parents=True, exist_ok=True)
-        predictions_path.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")

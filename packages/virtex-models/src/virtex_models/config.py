@@ -7,16 +7,14 @@ an unknown key or a value of the wrong type is a ``ValueError`` naming its dotte
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from virtex_models.decoding import DecoderConfig
-from virtex_models.errors import brief
 from virtex_models.objectives.token_classification import ClassificationLoss
 from virtex_models.protocols import ObjectiveModule
 from virtex_models.registry import get_objective, objectives
+from virtex_models.strict_config import brief, from_dict
 from virtex_models.textual import TextualConfig, TransformerTextualHead
 from virtex_models.visual import VisualConfig
 from virtex_models.vocab import VocabSpec
@@ -74,9 +72,7 @@ class ModelConfig:
         kind = data.get("kind", DEFAULT_KIND) if isinstance(data, dict) else DEFAULT_KIND
         if isinstance(kind, str) and kind not in objectives():
             raise ValueError(f"{where}.kind={brief(kind)} is not one of {tuple(objectives())}")
-        result = _from_dict(cls, data, where)
-        assert isinstance(result, ModelConfig)
-        return result
+        return from_dict(cls, data, where)
 
     def parsed_options(self, where: str = "model.options") -> Any:
         """``options`` as the registered objective's options dataclass (``None`` if it has
@@ -93,7 +89,7 @@ class ModelConfig:
                     f"{where}: objective {self.kind!r} takes no options, got {sorted(self.options)}"
                 )
             return None
-        return _from_dict(info.options, self.options, where)
+        return from_dict(info.options, self.options, where)
 
     def build(self, vocab: VocabSpec, num_classes: int | None = None) -> ObjectiveModule:
         """The objective of ``kind``: an ``nn.Module`` satisfying the ``Objective`` Protocol.
@@ -109,59 +105,3 @@ class ModelConfig:
     def build_textual(self, vocab: VocabSpec, visual_channels: int) -> TransformerTextualHead:
         """The Transformer head of ``textual`` over a ``visual_channels``-channel grid."""
         return TransformerTextualHead(self.textual, vocab.size, visual_channels, vocab.pad)
-
-
-def _from_dict(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        raise ValueError(f"unknown key {where}.{unknown[0]} (known: {', '.join(sorted(fields))})")
-    values = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()}
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{where}: {error}") from None
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return _from_dict(hint, value, where)
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        if value not in typing.get_args(hint):
-            raise ValueError(f"{where}={brief(value)} is not one of {typing.get_args(hint)}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            if option is type(None) and value is None:
-                return None
-            if option is not type(None):
-                try:
-                    return _convert(option, value, where)
-                except ValueError:
-                    continue
-        raise ValueError(f"{where}={brief(value)} does not match {hint}")
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where} must be true/false, got {brief(value)}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where} must be an int, got {brief(value)}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{where} must be a number, got {brief(value)}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{where} must be a string, got {brief(value)}")
-        return value
-    if origin is dict:  # ``options``: checked against its dataclass by ModelConfig
-        if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
-            raise ValueError(f"{where} must be a mapping of names, got {brief(value)}")
-        return dict(value)
-    raise ValueError(f"{where}: unsupported field type {hint}")  # pragma: no cover

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
+
+from virtex_models.atomic_file import atomic_write
 
 __all__ = ["cache_name", "default_cache_dir", "fetch", "sha256_of"]
 
@@ -86,9 +87,9 @@ def fetch(
             return destination
         destination.unlink()  # a stale or corrupt cache entry: download again
     digest = hashlib.sha256()
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(text) as response:
+
+    def write(out: BinaryIO) -> None:
+        with urllib.request.urlopen(text) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             bar = _progress(total, name) if progress else None
             for chunk in iter(lambda: response.read(_CHUNK), b""):
@@ -99,13 +100,10 @@ def fetch(
             if bar is not None:
                 bar.close()
         actual = digest.hexdigest()
-        if sha256 is not None and actual != sha256.lower():
+        if sha256 is not None and actual != sha256.lower():  # nothing is moved into the cache
             raise ValueError(f"{text}: sha256 {actual} does not match the expected {sha256}")
-        os.replace(temporary, destination)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    return destination
+
+    return atomic_write(destination, write)
 
 
 def _progress(total: int | None, name: str) -> Any:

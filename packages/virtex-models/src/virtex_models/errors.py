@@ -8,23 +8,11 @@ through :func:`brief`, so a YAML alias bomb's value is never expanded into a mes
 
 from __future__ import annotations
 
-import reprlib
-from typing import Any
+from virtex_models.strict_config import brief  # the one bounded repr (re-exported)
 
 __all__ = ["brief", "one_line"]
 
 MAX_MESSAGE = 600
-
-_BRIEF = reprlib.Repr()
-_BRIEF.maxlevel = 3
-_BRIEF.maxlist = _BRIEF.maxtuple = _BRIEF.maxdict = _BRIEF.maxset = 4
-_BRIEF.maxstring = _BRIEF.maxother = _BRIEF.maxlong = 60
-
-
-def brief(value: Any) -> str:
-    """A ``repr`` of ``value`` of at most ~80 characters whose cost does not grow with it."""
-    text = _BRIEF.repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def one_line(error: BaseException) -> str:

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from virtex_models.atomic_file import atomic_write
 from virtex_models.errors import one_line
 from virtex_models.pretrained import load_objective
 from virtex_models.visual import TorchvisionBackbone
@@ -176,13 +177,7 @@ def save_detectron2(source: Source, path: str | os.PathLike[str]) -> Path:
         raise ValueError(f"{out}: detectron2 unpickles .pkl files; use a .pth name")
     out.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = detectron2_checkpoint(source)  # before the output is touched
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return atomic_write(out, lambda handle: torch.save(checkpoint, handle))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,12 +18,12 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 import torchvision
 from torch import Tensor, nn
 
 from virtex_models.download import fetch
 from virtex_models.pretrained import load_objective, load_state_dict_checked
+from virtex_models.torchfile import load_weights_only
 from virtex_models.visual import TorchvisionBackbone
 
 __all__ = ["ORIGINAL_R50_URL", "ResNetGrid", "backbone", "captioning", "resnet50"]
@@ -80,7 +80,7 @@ def resnet50(
     model = ResNetGrid(block, [3, 4, 6, 3], **kwargs)
     if pretrained:
         path = fetch(url, sha256=sha256, cache_dir=cache_dir)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path)
         if not isinstance(state, Mapping):
             raise ValueError(f"{path}: not a state dict")
         load_state_dict_checked(model, dict(state), str(path))
@@ -89,7 +89,7 @@ def resnet50(
 
 def _load(weights: str | os.PathLike[str], sha256: str | None, cache_dir: str | None) -> Any:
     path = fetch(weights, sha256=sha256, cache_dir=cache_dir)
-    return path, torch.load(path, map_location="cpu", weights_only=True)
+    return path, load_weights_only(path)
 
 
 def _backbone_state(checkpoint: Mapping[str, Any], source: str) -> dict[str, Tensor]:

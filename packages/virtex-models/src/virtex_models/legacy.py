@@ -36,6 +36,7 @@ from virtex_models.decoding import DecoderConfig
 from virtex_models.pretrained import ModelSpec, load_state_dict_checked
 from virtex_models.registry import get_objective, objectives
 from virtex_models.textual import TextualConfig
+from virtex_models.torchfile import load_weights_only
 from virtex_models.visual import VisualConfig
 from virtex_models.vocab import VocabSpec
 
@@ -260,7 +261,7 @@ def load_original_weights(
     ``num_classes`` of a multilabel objective is read from the checkpoint's classifier.
     """
     name = str(checkpoint_path)
-    checkpoint = torch.load(name, map_location=map_location, weights_only=True)
+    checkpoint = load_weights_only(name, map_location=map_location)
     if not isinstance(checkpoint, Mapping) or "model" not in checkpoint:
         raise ValueError(f"{name}: not an original VirTex checkpoint (no 'model' entry)")
     state = convert_state_dict(checkpoint["model"], name)

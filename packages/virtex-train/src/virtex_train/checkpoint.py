@@ -7,6 +7,10 @@ truncated one. The ``latest`` pointer is updated only after its checkpoint is co
 
 Checkpoints load with ``torch.load(weights_only=True)``: everything in them is a tensor, a
 number, a string, ``None`` or a list/tuple/dict of those (RNG states included; no NumPy objects).
+
+The layout is :mod:`virtex_models.pretrained`'s (``FORMAT_VERSION``, :class:`ModelCheckpoint`);
+:func:`training_checkpoint` adds the trainer state to it, :func:`load_checkpoint` reads it back
+through :func:`virtex_models.pretrained.read_checkpoint_file`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from virtex_models.torchfile import load_weights_only
+from virtex_models.atomic_file import atomic_link, atomic_write
+from virtex_models.pretrained import FORMAT_VERSION, ModelCheckpoint, read_checkpoint_file
 
 __all__ = [
     "FORMAT_VERSION",
@@ -37,9 +42,9 @@ __all__ = [
     "package_versions",
     "rng_state",
     "set_rng_state",
+    "training_checkpoint",
 ]
 
-FORMAT_VERSION = 1
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 
 
@@ -47,35 +52,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message names the file."""
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # some file systems refuse to open folders
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _atomic(path: Path, write: Callable[[Any], object]) -> None:
+    def wrap(error: Exception, written: int) -> CheckpointError:
+        return CheckpointError(f"could not write {path}: {error} ({_space(written, path.parent)})")
 
-
-def _atomic(path: Path, write: Callable[[Any], None]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        written = temporary.stat().st_size if temporary.exists() else 0
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        if isinstance(error, Exception):
-            raise CheckpointError(
-                f"could not write {path}: {error} ({_space(written, path.parent)})"
-            ) from error
-        raise
-    _fsync_dir(path.parent)
+    atomic_write(path, write, wrap_error=wrap)
 
 
 def _space(written: int, directory: Path) -> str:
@@ -115,15 +96,24 @@ def load_checkpoint(
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = load_weights_only(path, map_location=map_location)
+        checkpoint = read_checkpoint_file(path, map_location=map_location)
     except ValueError as error:  # says what the file is instead, never "weights_only=False"
         raise CheckpointError(str(error)) from None
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{path} is not a checkpoint dict")
     version = checkpoint.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {version!r} is not {FORMAT_VERSION}")
     return checkpoint
+
+
+def training_checkpoint(model: ModelCheckpoint, trainer_state: Mapping[str, Any]) -> dict[str, Any]:
+    """What a training run writes: ``model`` plus the trainer state and package versions.
+
+    Args:
+        model: the model part (weights, spec, preprocessing, tokenizer, config YAML in ``extra``).
+        trainer_state: :meth:`Trainer.state_dict` without ``model`` (optimizer, scaler, step,
+            sampler, RNG ...).
+    """
+    return {**model.to_dict(), **trainer_state, "versions": package_versions()}
 
 
 # ----------------------------------------------------------------------------- RNG state
@@ -243,23 +233,4 @@ class CheckpointManager:
 
     def finalize(self, path: Path) -> Path:
         """Make ``final.pt`` the same file as ``path`` (hard link; copy where links fail)."""
-        final = self.directory / "final.pt"
-        with contextlib.suppress(OSError):
-            if os.path.samefile(path, final):  # resuming a finished run: already final
-                return final
-        temporary = final.with_name(f".final.pt.tmp-{os.getpid()}")
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        try:
-            try:
-                os.link(path, temporary)
-            except OSError:
-                _atomic(temporary, lambda handle: handle.write(Path(path).read_bytes()))
-            os.replace(temporary, final)
-        finally:
-            # POSIX: renaming a hard link onto another link of the same file does nothing and
-            # leaves the source name; never leave it behind.
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
-        _fsync_dir(self.directory)
-        return final
+        return atomic_link(path, self.directory / "final.pt")

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
-from virtex_data.errors import OneLineErrors, check_writable, device_option_callback, one_line
+from virtex_data.cli_errors import OneLineErrors, device_option_callback
+from virtex_data.errors import check_writable, one_line
 from virtex_train import __version__
-from virtex_train.slurm import submit_command
+from virtex_train.cli_submit import submit_command
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})

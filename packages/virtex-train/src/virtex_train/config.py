@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -35,6 +34,9 @@ from virtex_data import DataConfig, TransformConfig
 from virtex_data.errors import brief
 from virtex_models import ModelConfig, TextualConfig, VisualConfig
 from virtex_models.registry import get_objective
+from virtex_models.strict_config import convert, from_dict, to_plain
+from virtex_train.config_yaml import ConfigError, load_yaml, merge
+from virtex_train.legacy_config import is_legacy_config, legacy_experiment_dict, read_legacy_yaml
 from virtex_train.optim import LookaheadConfig, OptimConfig, ScheduleConfig
 
 __all__ = [
@@ -43,16 +45,14 @@ __all__ = [
     "Precision",
     "TrainConfig",
     "apply_overrides",
+    "experiment_from_legacy",
     "load_config",
+    "load_legacy_config",
     "parse_override",
     "quickstart_config",
 ]
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key and the file."""
 
 
 @dataclass(kw_only=True)
@@ -156,10 +156,10 @@ class ExperimentConfig:
         """Plain YAML-able dict (tuples become lists) that :meth:`from_dict` reads back."""
         return {
             "seed": self.seed,
-            "data": _plain(self.data.to_dict()),
-            "model": _plain(self.model.to_dict()),
-            "optim": _plain(dataclasses.asdict(self.optim)),
-            "train": _plain(dataclasses.asdict(self.train)),
+            "data": to_plain(self.data.to_dict()),
+            "model": to_plain(self.model.to_dict()),
+            "optim": to_plain(dataclasses.asdict(self.optim)),
+            "train": to_plain(dataclasses.asdict(self.train)),
         }
 
     @classmethod
@@ -173,11 +173,11 @@ class ExperimentConfig:
             raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
         check_keys(data, source)
         try:
-            seed = _convert(int, data.get("seed", 0), "seed")
+            seed = convert(int, data.get("seed", 0), "seed")
             data_cfg = DataConfig.from_dict(dict(data.get("data") or {}))
             model_cfg = ModelConfig.from_dict(dict(data.get("model") or {}))
-            optim_cfg = _build(OptimConfig, data.get("optim") or {}, "optim")
-            train_cfg = _build(TrainConfig, data.get("train") or {}, "train")
+            optim_cfg = from_dict(OptimConfig, data.get("optim") or {}, "optim")
+            train_cfg = from_dict(TrainConfig, data.get("train") or {}, "train")
             return cls(seed=seed, data=data_cfg, model=model_cfg, optim=optim_cfg, train=train_cfg)
         except (ValueError, TypeError) as error:
             raise ConfigError(f"{source}: {error}") from None
@@ -239,9 +239,6 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
     else:
         path = Path(path)
         raw = _read_yaml(path)
-        # Imported here: legacy_config builds on this module.
-        from virtex_train.legacy_config import is_legacy_config, load_legacy_config
-
         if is_legacy_config(raw):
             return load_legacy_config(path, overrides)
         check_keys(raw, str(path), allow_base=True)
@@ -258,7 +255,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
                     f"used by {path})"
                 )
             check_keys(base, str(base_path))
-            merged = _merge(base, raw)
+            merged = merge(base, raw)
             source = f"{path} (base {base_path})"
         else:
             merged = raw
@@ -266,6 +263,37 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
     if overrides:
         source += " with overrides " + " ".join(overrides)
     return ExperimentConfig.from_dict(merged, source=source)
+
+
+def experiment_from_legacy(config: Mapping[str, Any], source: str = "config") -> ExperimentConfig:
+    """An original VirTex config (nested dict, ``_BASE_`` resolved) as an :class:`ExperimentConfig`.
+
+    See :func:`virtex_train.legacy_config.legacy_experiment_dict` for the mapping.
+
+    Raises:
+        ConfigError: a setting with no equivalent here, naming the key and ``source``.
+    """
+    result = legacy_experiment_dict(config, source)
+    return ExperimentConfig.from_dict(result, source=f"{source} (imported original config)")
+
+
+def load_legacy_config(
+    path: str | os.PathLike[str], overrides: Sequence[str] = ()
+) -> ExperimentConfig:
+    """Read an original VirTex YAML file (following ``_BASE_``) as an :class:`ExperimentConfig`.
+
+    Args:
+        path: the original config file.
+        overrides: our dotted ``key=value`` overrides (e.g. ``train.num_steps=10``), applied to
+            the imported config.
+    """
+    config = experiment_from_legacy(read_legacy_yaml(path), source=str(path))
+    if not overrides:
+        return config
+    merged = apply_overrides(config.to_dict(), overrides)
+    return ExperimentConfig.from_dict(
+        merged, source=f"{path} (imported original config) with overrides {' '.join(overrides)}"
+    )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -278,7 +306,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if any(not part for part in parts):
         raise ConfigError(f"override {brief(text)}: empty component in key {brief(key)}")
     try:
-        value = _load_yaml(value_text) if value_text.strip() else None
+        value = load_yaml(value_text) if value_text.strip() else None
     except yaml.YAMLError as error:
         raise ConfigError(f"override {brief(text)}: value is not valid YAML ({error})") from None
     return parts, value
@@ -290,14 +318,14 @@ def apply_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> dict
     Raises:
         ConfigError: malformed override or unknown key, naming the override.
     """
-    result = _merge({}, config)
+    result = merge({}, config)
     for text in overrides:
         parts, value = parse_override(text)
         nested: Any = value
         for part in reversed(parts):
             nested = {part: nested}
         check_keys(nested, f"override {brief(text)}")
-        result = _merge(result, nested)
+        result = merge(result, nested)
     return result
 
 
@@ -348,62 +376,6 @@ def quickstart_config() -> ExperimentConfig:
 # --------------------------------------------------------------------------------------------
 
 
-#: Most values a config may expand to, aliases followed (the largest real config has ~150).
-MAX_CONFIG_NODES = 10_000
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, but ``1e-4`` is a float (YAML 1.2), not the string ``"1e-4"``.
-
-    Aliases (``*name``) are allowed, but a document whose aliases expand to more than
-    :data:`MAX_CONFIG_NODES` values (a "billion laughs" alias bomb: 400 bytes, gigabytes once
-    copied or printed) is refused before anything walks it.
-    """
-
-    def construct_document(self, node: yaml.Node) -> Any:
-        expanded = _expanded_size(node, {}, MAX_CONFIG_NODES)
-        if expanded > MAX_CONFIG_NODES:
-            raise yaml.YAMLError(
-                f"aliases expand to more than {MAX_CONFIG_NODES} values (an alias bomb?)"
-            )
-        return super().construct_document(node)
-
-
-def _expanded_size(node: yaml.Node, memo: dict[int, int], limit: int) -> int:
-    """Values ``node`` stands for with aliases expanded; stops counting past ``limit``."""
-    key = id(node)
-    if key in memo:
-        return memo[key]
-    memo[key] = limit + 1  # a cycle counts as unbounded
-    total = 1
-    if isinstance(node, yaml.SequenceNode):
-        for child in node.value:
-            total += _expanded_size(child, memo, limit)
-            if total > limit:
-                break
-    elif isinstance(node, yaml.MappingNode):
-        for name, child in node.value:
-            total += _expanded_size(name, memo, limit) + _expanded_size(child, memo, limit)
-            if total > limit:
-                break
-    memo[key] = total
-    return total
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
 class _Dumper(yaml.SafeDumper):
     """Block-style mappings, one-line lists (``betas: [0.9, 0.999]``)."""
 
@@ -413,10 +385,6 @@ def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
 
 
 _Dumper.add_representer(list, _represent_list)
-
-
-def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
 
 
 def check_keys(data: Mapping[str, Any], source: str, *, allow_base: bool = False) -> None:
@@ -474,7 +442,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             f"{path}: not UTF-8 text (byte {error.start}); a config is a UTF-8 YAML file"
         ) from None
     try:
-        data = _load_yaml(text)
+        data = load_yaml(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error})") from None
     if data is None:
@@ -483,90 +451,3 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     # An empty section (``optim:`` with nothing under it) means "defaults", not null.
     return {key: {} if key in SECTIONS and value is None else value for key, value in data.items()}
-
-
-def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep merge: mappings merge key by key, any other value replaces (lists included)."""
-    merged: dict[str, Any] = {}
-    for key, value in base.items():
-        merged[key] = _merge({}, value) if isinstance(value, Mapping) else value
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(merged[key], value)
-        elif isinstance(value, Mapping):
-            merged[key] = _merge({}, value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{where} must be a mapping, got {brief(data)}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in names:
-            raise ValueError(f"unknown key {where}.{key} (known: {', '.join(sorted(names))})")
-        kwargs[key] = _convert(hints[key], value, f"{where}.{key}")
-    return cls(**kwargs)
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    """Check ``value`` against the type ``hint`` (ints are accepted for floats)."""
-    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return _build(hint, value, where)
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is Literal:
-        if value not in args:
-            raise ValueError(f"{where}={brief(value)} is not one of {', '.join(map(str, args))}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in args:
-            if option is type(None):
-                continue
-            try:
-                return _convert(option, value, where)
-            except ValueError as error:
-                errors.append(str(error))
-        raise ValueError(
-            errors[0] if len(errors) == 1 else f"{where}={brief(value)}: no type matches"
-        )
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"{where} must be a list, got {brief(value)}")
-        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ValueError(f"{where} must be a list of {len(args)} values, got {brief(value)}")
-        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where} must be true or false, got {brief(value)}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where} must be an integer, got {brief(value)}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{where} must be a number, got {brief(value)}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{where} must be a string, got {brief(value)}")
-        return value
-    raise ValueError(f"{where}: unsupported field type {hint}")  # pragma: no cover

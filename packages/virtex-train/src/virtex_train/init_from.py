@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from virtex_data import CaptionTokenizer
 from virtex_models import ModelConfig
 from virtex_models.legacy import load_original
+from virtex_models.pretrained import read_checkpoint_file
 from virtex_models.registry import get_objective
 from virtex_models.torchfile import load_weights_only
 
@@ -117,7 +118,7 @@ def _tensors(state: Any, source: str) -> dict[str, Tensor]:
 
 def _read_ours(path: Path, text: str) -> SourceWeights:
     try:
-        checkpoint = load_weights_only(path)
+        checkpoint = read_checkpoint_file(path)
     except Exception as error:  # an unreadable or unsafe file: say which
         raise InitFromError(f"train.init_from {text}: cannot read it ({error})") from None
     if not isinstance(checkpoint, Mapping) or "model" not in checkpoint:

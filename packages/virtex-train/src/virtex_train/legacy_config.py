@@ -2,8 +2,10 @@
 
 The original files are yacs/fvcore ``CfgNode`` YAML: upper-case keys (``RANDOM_SEED``, ``AMP``,
 ``DATA.*``, ``MODEL.*``, ``OPTIM.*``) over the defaults of its ``virtex/config.py``, with an
-optional ``_BASE_`` file (relative path; chains allowed, as in fvcore). :func:`load_legacy_config`
-reads such a file and returns our :class:`~virtex_train.config.ExperimentConfig`; the mapping
+optional ``_BASE_`` file (relative path; chains allowed, as in fvcore). :func:`read_legacy_yaml`
+reads such a file and :func:`legacy_experiment_dict` maps it to the plain dict of our experiment
+YAML, which :func:`virtex_train.config.load_legacy_config` (and ``load_config``, which recognises
+these files) turns into an :class:`~virtex_train.config.ExperimentConfig`; the mapping
 is the table in ``docs/CONFIGS.md``. Like the original, an unknown key is an error (naming the
 key and the file); so is a value of the wrong type, and so is a setting we cannot reproduce
 (ImageNet-initialised backbones, data-efficiency subsets, unrecognised ``NO_DECAY`` patterns).
@@ -16,7 +18,7 @@ Architecture names are parsed by :mod:`virtex_models.legacy` (no regular express
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,20 +26,13 @@ import yaml
 
 from virtex_models.legacy import ORIGINAL_KINDS, parse_textual_name, parse_visual_name
 from virtex_models.registry import get_objective
-from virtex_train.config import (
-    ConfigError,
-    ExperimentConfig,
-    _load_yaml,
-    _merge,
-    apply_overrides,
-)
+from virtex_train.config_yaml import ConfigError, load_yaml, merge
 
 __all__ = [
     "LEGACY_DEFAULTS",
     "LEGACY_NO_DECAY",
-    "experiment_from_legacy",
     "is_legacy_config",
-    "load_legacy_config",
+    "legacy_experiment_dict",
     "read_legacy_yaml",
 ]
 
@@ -146,7 +141,7 @@ def read_legacy_yaml(path: str | os.PathLike[str], _depth: int = 0) -> dict[str,
     if _depth > 8:
         raise ConfigError(f"{path}: _BASE_ chain deeper than 8 files (a cycle?)")
     try:
-        data = _load_yaml(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config file ({error.strerror})") from None
     except yaml.YAMLError as error:
@@ -161,7 +156,7 @@ def read_legacy_yaml(path: str | os.PathLike[str], _depth: int = 0) -> dict[str,
         return data
     if not isinstance(base, str):
         raise ConfigError(f"{path}: _BASE_ must be a file name, got {base!r}")
-    return _merge(read_legacy_yaml(os.path.normpath(path.parent / base), _depth + 1), data)
+    return merge(read_legacy_yaml(os.path.normpath(path.parent / base), _depth + 1), data)
 
 
 def _check(data: Mapping[str, Any], schema: Mapping[str, Any], prefix: str, source: str) -> None:
@@ -196,8 +191,8 @@ def _same_type(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
-def experiment_from_legacy(config: Mapping[str, Any], source: str = "config") -> ExperimentConfig:
-    """Map an original config (nested dict, ``_BASE_`` resolved) to an :class:`ExperimentConfig`.
+def legacy_experiment_dict(config: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+    """Map an original config (nested dict, ``_BASE_`` resolved) to our experiment dict.
 
     Missing keys take the original defaults (:data:`LEGACY_DEFAULTS`), which are the paper's
     pre-training setting, so an empty file gives the paper's main model.
@@ -206,7 +201,7 @@ def experiment_from_legacy(config: Mapping[str, Any], source: str = "config") ->
         ConfigError: a setting with no equivalent here, naming the key and ``source``.
     """
     _check(config, LEGACY_DEFAULTS, "", source)
-    c = _merge(LEGACY_DEFAULTS, config)
+    c = merge(LEGACY_DEFAULTS, config)
     data, model, optim = c["DATA"], c["MODEL"], c["OPTIM"]
 
     def fail(key: str, message: str) -> ConfigError:
@@ -350,23 +345,4 @@ def experiment_from_legacy(config: Mapping[str, Any], source: str = "config") ->
             "precision": "auto" if c["AMP"] else "fp32",
         },
     }
-    return ExperimentConfig.from_dict(result, source=f"{source} (imported original config)")
-
-
-def load_legacy_config(
-    path: str | os.PathLike[str], overrides: Sequence[str] = ()
-) -> ExperimentConfig:
-    """Read an original VirTex YAML file (following ``_BASE_``) as an :class:`ExperimentConfig`.
-
-    Args:
-        path: the original config file.
-        overrides: our dotted ``key=value`` overrides (e.g. ``train.num_steps=10``), applied to
-            the imported config.
-    """
-    config = experiment_from_legacy(read_legacy_yaml(path), source=str(path))
-    if not overrides:
-        return config
-    merged = apply_overrides(config.to_dict(), overrides)
-    return ExperimentConfig.from_dict(
-        merged, source=f"{path} (imported original config) with overrides {' '.join(overrides)}"
-    )
+    return result

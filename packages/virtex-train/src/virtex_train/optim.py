@@ -16,14 +16,14 @@
 
 from __future__ import annotations
 
-import bisect
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+
+from virtex_models.schedule import schedule_factor
 
 __all__ = [
     "GROUP_NAMES",
@@ -405,17 +405,14 @@ def lr_factor(step: int, cfg: ScheduleConfig, total_steps: int) -> float:
         raise ValueError(f"lr_factor: step must be >= 0, got {step}")
     if total_steps < 1:
         raise ValueError(f"lr_factor: total_steps must be >= 1, got {total_steps}")
-    warmup = cfg.warmup_steps
-    if step < warmup:
-        return (step + 1) / warmup
-    if cfg.kind == "constant":
-        return 1.0
-    if cfg.kind == "multistep":
-        return float(cfg.gamma ** bisect.bisect_right(cfg.milestones, step))
-    decay_steps = total_steps - warmup
-    progress = min(1.0, (step - warmup) / decay_steps) if decay_steps > 0 else 1.0
-    if cfg.kind == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    if cfg.kind == "linear":
-        return 1.0 - progress
-    raise ValueError(f"optim.schedule.kind {cfg.kind!r} is not supported")  # pragma: no cover
+    try:
+        return schedule_factor(
+            step,
+            total_steps,
+            cfg.kind,
+            warmup_steps=cfg.warmup_steps,
+            milestones=cfg.milestones,
+            gamma=cfg.gamma,
+        )
+    except ValueError:  # pragma: no cover (the config's Literal type rules it out)
+        raise ValueError(f"optim.schedule.kind {cfg.kind!r} is not supported") from None

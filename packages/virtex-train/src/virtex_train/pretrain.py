@@ -26,15 +26,19 @@ from torch.utils.data import DataLoader
 from virtex_data import CaptionTokenizer, DataConfig, build_dataset
 from virtex_data.sampler import ResumableSampler
 from virtex_models import VocabSpec
-from virtex_models.pretrained import ModelSpec, load_state_dict_checked
+from virtex_models.pretrained import (
+    ModelCheckpoint,
+    ModelSpec,
+    Preprocessing,
+    load_state_dict_checked,
+)
 from virtex_models.registry import get_objective
 from virtex_train import distributed
 from virtex_train.checkpoint import (
-    FORMAT_VERSION,
     CheckpointManager,
     atomic_write_text,
     load_checkpoint,
-    package_versions,
+    training_checkpoint,
 )
 from virtex_train.config import ExperimentConfig
 from virtex_train.hooks import CheckpointHook, LoggingHook, RunLog, ValidationHook
@@ -352,17 +356,24 @@ def _run(
         collapse_after=config.optim.schedule.warmup_steps,
     )
 
+    transform = config.data.transform
+    preprocessing = Preprocessing(
+        image_size=transform.image_size,
+        eval_resize=transform.eval_resize,
+        mean=transform.mean,
+        std=transform.std,
+    )
+
     def build(trainer: Trainer) -> dict[str, Any]:
         state = trainer.state_dict()
-        return {
-            "format_version": FORMAT_VERSION,
-            "model": state.pop("model"),
-            "model_spec": spec.to_dict(),
-            "tokenizer": tokenizer_json,
-            "config": config_yaml,
-            **state,
-            "versions": package_versions(),
-        }
+        model = ModelCheckpoint(
+            model=state.pop("model"),
+            spec=spec,
+            preprocessing=preprocessing,
+            tokenizer=tokenizer_json,
+            extra={"config": config_yaml},
+        )
+        return training_checkpoint(model, state)
 
     saver = CheckpointHook(
         manager, build, every=train_cfg.checkpoint_every or train_cfg.num_steps, write=env.is_main

@@ -40,6 +40,8 @@ from virtex_eval.detectron2.safe_loading import (
     read_config_chain,
     read_pickled_weights,
 )
+from virtex_models.atomic_file import atomic_write_text
+from virtex_models.torchfile import load_weights_only
 
 __all__ = ["Detectron2Run", "build_config", "metrics_summary", "run"]
 
@@ -112,7 +114,7 @@ def _backbone_opts(weights: Path) -> list[str]:
     """``MODEL.RESNETS.*`` KEY VALUE pairs stored in an exported backbone (else none)."""
     if weights.suffix == ".pkl" or not weights.is_file():
         return []
-    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    checkpoint = load_weights_only(weights)
     options = checkpoint.get("resnet") if isinstance(checkpoint, Mapping) else None
     if not isinstance(options, Mapping):
         return []
@@ -290,9 +292,7 @@ def _worker(run: Detectron2Run, weights: str | None, backbone_opts: list[str]) -
         # Training: the initial weights; --eval-only: the evaluated checkpoint.
         summary["weights"] = weights_used
         path = Path(cfg.OUTPUT_DIR) / METRICS_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
 
 
 def _free_port() -> int:

@@ -1,4 +1,7 @@
-"""The ``virtex-eval`` command line: one click group, each command defined next to what it runs.
+"""The ``virtex-eval`` command line: one click group, each command in a module of this package.
+
+Library modules (``virtex_eval.captioner``, ``virtex_eval.linear`` ...) hold no click code: the
+commands here parse options (shared ones from :mod:`virtex_eval.cli.options`) and call them.
 
 Importing this module imports no optional dependency: ``detectron2`` is imported only when its
 command runs.
@@ -8,16 +11,16 @@ from __future__ import annotations
 
 import click
 
-from virtex_data.errors import OneLineErrors, add_checks
+from virtex_data.cli_errors import OneLineErrors, add_checks
 from virtex_eval import __version__
-from virtex_eval.captioner import caption_command
+from virtex_eval.cli.caption import caption_command
+from virtex_eval.cli.features import features_command
+from virtex_eval.cli.linear import linear_command
+from virtex_eval.cli.report import report_command
+from virtex_eval.cli.retrieval import retrieval_command
+from virtex_eval.cli.voc07 import voc07_command
+from virtex_eval.cli.zeroshot import zeroshot_command
 from virtex_eval.detectron2.cli import detectron2_command
-from virtex_eval.features import features_command
-from virtex_eval.linear import linear_command
-from virtex_eval.report import report_command
-from virtex_eval.retrieval import retrieval_command
-from virtex_eval.voc07 import voc07_command
-from virtex_eval.zeroshot import zeroshot_command
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
