@@ -162,11 +162,23 @@ def read_shard(path: str) -> Iterator[RawSample]:
     """
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+    errors: list[BaseException] = []
+
+    def files(stream: Any) -> Iterator[dict[str, Any]]:
+        # A damaged tar ends the file list here, so that the sample grouped so far is still
+        # yielded (complete or not: an incomplete one is then skipped as such).
+        try:
+            for member in tar_file_iterator(stream):
+                yield {**member, "__url__": path}
+        except (OSError, EOFError, tarfile.TarError, ValueError) as error:
+            errors.append(error)
+
     with open(path, "rb") as stream:
-        files = ({**f, "__url__": path} for f in tar_file_iterator(stream))
-        for grouped in group_by_keys(files):
+        for grouped in group_by_keys(files(stream)):
             members = {k: v for k, v in grouped.items() if not k.startswith("__")}
             yield RawSample(str(grouped["__key__"]), members)
+    if errors:
+        raise errors[0]
 
 
 @dataclass
@@ -519,7 +531,10 @@ class ShardCaptionDataset(IterableDataset[ShardItem]):
             for sample in self._samples(shard, skipped):
                 buffer.append((sample, shard))
                 outstanding[shard] += 1
-                if len(buffer) >= size:
+                # One more than the buffer's size: a sample is always held back until the end,
+                # so that what happens after the last read (a damaged shard's note, an empty
+                # shard's completion) still travels with a sample.
+                if len(buffer) > size:
                     yield emit(rng.randrange(len(buffer)) if size > 1 else 0)
             finished.add(shard)
             if outstanding[shard] == 0:  # nothing usable in it: reported with the next sample
