@@ -237,10 +237,11 @@ def test_an_interrupted_epoch_resumes_repeating_only_the_shards_in_flight(
 ) -> None:
     spec = str(shard_dir / PATTERN)
     first = _dataset(spec, tokenizer, shuffle_buffer=6, seed=2)
-    before = _ids(first, batch_size=3, stop_after=5)  # 15 of 40 samples, mid-epoch
+    before = _ids(first, batch_size=3, stop_after=8)  # 24 of 40 samples, mid-epoch
     state = first.progress.state_dict()
     in_flight = {int(shard): n for shard, n in state["ranks"][0]["in_flight"]}
     completed = set(state["ranks"][0]["completed"])
+    assert completed and in_flight  # the case to test: some shards done, some open
 
     resumed = _dataset(spec, tokenizer, shuffle_buffer=6, seed=2)
     resumed.progress.load_state_dict(json.loads(json.dumps(state)))  # as stored: plain data
