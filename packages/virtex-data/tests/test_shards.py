@@ -321,6 +321,9 @@ def test_data_config_names_shards_or_an_lmdb_file() -> None:
     assert DataConfig.from_dict(config.to_dict()) == config  # the saved run config reloads
     with pytest.raises(ValueError, match="both set"):
         DataConfig.from_dict({"train_shards": "s/0.tar", "train_lmdb": "t.lmdb"})
+    # The quickstart's default LMDB path is replaced, not a conflict (config overrides).
+    both = {"train_shards": "s/0.tar", "train_lmdb": "data/synth/train.lmdb"}
+    assert DataConfig.from_dict(both).train_lmdb is None
     with pytest.raises(ValueError, match="both unset"):
         DataConfig.from_dict({"train_lmdb": None})
     assert DataConfig().train_lmdb == "data/synth/train.lmdb"

@@ -81,11 +81,6 @@ class DataConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:
         """Build from a plain dict; unknown keys raise ``ValueError`` naming the dotted key."""
-        if isinstance(data, dict) and data.get("train_lmdb") and data.get("train_shards"):
-            raise ValueError(
-                f"data.train_lmdb ({data['train_lmdb']}) and data.train_shards "
-                f"({data['train_shards']}) are both set: train from one of them"
-            )
         return typing.cast(DataConfig, _build(cls, data, "data"))
 
 
