@@ -473,11 +473,9 @@ class ShardCaptionDataset(IterableDataset[ShardItem]):
         p = self.progress
         return random.Random(f"{p.seed}/{p.epoch}/{p.rank}/{worker}/{len(p.completed)}")
 
-    def _samples(self, shard: int, skipped: list[str]) -> Iterator[Sample]:
+    def _records(self, shard: int, skipped: list[str]) -> Iterator[ImageRecord]:
+        """The usable records of one shard (image still encoded), noting what is skipped."""
         path = self.shards[shard]
-        slot = self.inner.reader
-        assert isinstance(slot, _OneRecord)
-        slot.path = path
         count = 0
         try:
             for raw in read_shard(path):
@@ -485,20 +483,25 @@ class ShardCaptionDataset(IterableDataset[ShardItem]):
                 if decoded.record is None:
                     skipped.append(self._skip(path, raw.key, decoded.reason or "unreadable"))
                     continue
-                slot.record = decoded.record
-                try:
-                    sample = self.inner[0]
-                except ValueError as error:  # undecodable image (the dataset wraps PIL's error)
-                    reason = str(error.__cause__ or error)
-                    skipped.append(self._skip(path, raw.key, f"unreadable image: {reason}"))
-                    continue
                 count += 1
-                yield sample
+                yield decoded.record
         except (OSError, EOFError, tarfile.TarError, ValueError) as error:
             # A missing or damaged shard must not end the epoch: what was read is kept.
             skipped.append(
                 self._skip(path, "-", f"shard unreadable after {count} sample(s): {error}")
             )
+
+    def _sample(self, record: ImageRecord, path: str, skipped: list[str]) -> Sample | None:
+        """The LMDB dataset's sample of a record, or ``None`` (noted) if its image is bad."""
+        slot = self.inner.reader
+        assert isinstance(slot, _OneRecord)
+        slot.path, slot.record = path, record
+        try:
+            return self.inner[0]
+        except ValueError as error:  # undecodable image (the dataset wraps PIL's error)
+            reason = str(error.__cause__ or error)
+            skipped.append(self._skip(path, record.file_name, f"unreadable image: {reason}"))
+            return None
 
     @staticmethod
     def _skip(path: str, key: str, reason: str) -> str:
@@ -507,40 +510,52 @@ class ShardCaptionDataset(IterableDataset[ShardItem]):
         return note
 
     def __iter__(self) -> Iterator[ShardItem]:
+        # The buffer holds encoded records (tens of KB each), not decoded (3, S, S) tensors
+        # (600 KB at 224 px): images are decoded and augmented when they leave it.
         rng = self._rng()
-        buffer: list[tuple[Sample, int]] = []
-        outstanding: Counter[int] = Counter()  # samples of a shard read but not yet yielded
+        size = max(1, self.shuffle_buffer)
+        buffer: list[tuple[ImageRecord, int]] = []
+        outstanding: Counter[int] = Counter()  # records of a shard read but not yet taken
         finished: set[int] = set()  # shards read to the end
         done: list[int] = []  # completed shards not yet reported
         skipped: list[str] = []
 
-        def emit(index: int) -> ShardItem:
-            sample, shard = buffer[index]
-            buffer[index] = buffer[-1]
-            buffer.pop()
-            outstanding[shard] -= 1
-            if shard in finished and outstanding[shard] == 0:
-                done.append(shard)
-            item = ShardItem(sample, shard, tuple(done), tuple(skipped))
-            done.clear()
-            skipped.clear()
-            return item
+        def take(keep: int) -> ShardItem | None:
+            """A random usable sample of the buffer, leaving at least ``keep`` records."""
+            while len(buffer) > keep:
+                index = rng.randrange(len(buffer)) if size > 1 else 0
+                record, shard = buffer[index]
+                buffer[index] = buffer[-1]
+                buffer.pop()
+                outstanding[shard] -= 1
+                if shard in finished and outstanding[shard] == 0:
+                    done.append(shard)
+                sample = self._sample(record, self.shards[shard], skipped)
+                if sample is None:
+                    continue
+                item = ShardItem(sample, shard, tuple(done), tuple(skipped))
+                done.clear()
+                skipped.clear()
+                return item
+            return None
 
-        size = max(1, self.shuffle_buffer)
         for shard in self.worker_shards():
-            for sample in self._samples(shard, skipped):
-                buffer.append((sample, shard))
+            for record in self._records(shard, skipped):
+                buffer.append((record, shard))
                 outstanding[shard] += 1
-                # One more than the buffer's size: a sample is always held back until the end,
+                # One more than the buffer's size: a record is always held back until the end,
                 # so that what happens after the last read (a damaged shard's note, an empty
                 # shard's completion) still travels with a sample.
-                if len(buffer) > size:
-                    yield emit(rng.randrange(len(buffer)) if size > 1 else 0)
+                item = take(keep=size)
+                if item is not None:
+                    yield item
             finished.add(shard)
             if outstanding[shard] == 0:  # nothing usable in it: reported with the next sample
                 done.append(shard)
         while buffer:
-            yield emit(rng.randrange(len(buffer)) if size > 1 else 0)
+            item = take(keep=0)
+            if item is not None:
+                yield item
 
     def collate(self, items: Sequence[ShardItem]) -> ShardBatch:
         """The target's batch (the LMDB dataset's ``collate``) plus shard bookkeeping."""
