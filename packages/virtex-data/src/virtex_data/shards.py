@@ -543,7 +543,7 @@ class ShardCaptionDataset(IterableDataset[ShardItem]):
             for record in self._records(shard, skipped):
                 buffer.append((record, shard))
                 outstanding[shard] += 1
-                # One more than the buffer's size: a record is always held back until the end,
+                # take() leaves ``size`` (>= 1) records: one is always held back until the end,
                 # so that what happens after the last read (a damaged shard's note, an empty
                 # shard's completion) still travels with a sample.
                 item = take(keep=size)
