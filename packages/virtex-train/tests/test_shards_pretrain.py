@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -116,3 +119,51 @@ def test_shard_config_errors(shard_config: Path, tmp_path: Path) -> None:
     multilabel = load_config(shard_config, ["model.kind=multilabel_classification"])
     with pytest.raises(PretrainError, match="cannot train from shards"):
         pretrain(multilabel, tmp_path / "run2", device="cpu", progress=False)
+
+
+_RANK = """
+import sys
+from virtex_train.config import load_config
+from virtex_train.pretrain import pretrain
+result = pretrain(load_config(sys.argv[1]), sys.argv[2], device="cpu", progress=False)
+print("step", result.step)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_two_gloo_ranks_pretrain_from_disjoint_shards(shard_config: Path, tmp_path: Path) -> None:
+    """`pretrain` under DDP: each rank streams its own shards; rank 0's checkpoint holds both."""
+    out = tmp_path / "run"
+    port = _free_port()
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank)}
+        env.update(
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            PYTHONPATH=os.pathsep.join(sys.path),
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _RANK, str(shard_config), str(out)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    for proc in procs:
+        output, _ = proc.communicate(timeout=240)
+        assert proc.returncode == 0 and "step 2" in output, output
+    state = torch.load(out / "checkpoints" / "final.pt", weights_only=True)["sampler"]
+    assert state["world_size"] == 2 and len(state["ranks"]) == 2
+    # 2 steps x a global batch of 4 = 2 samples per rank per step.
+    assert [r["samples"] for r in state["ranks"]] == [4, 4]
+    opened = [{*r["completed"], *(s for s, _ in r["in_flight"])} for r in state["ranks"]]
+    assert opened[0] and opened[1] and not opened[0] & opened[1]
