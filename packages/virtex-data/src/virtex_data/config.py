@@ -65,7 +65,8 @@ class DataConfig:
         if self.train_lmdb is not None and self.train_shards is not None:
             raise ValueError(
                 f"data.train_lmdb ({self.train_lmdb}) and data.train_shards "
-                f"({self.train_shards}) are both set: train from one of them"
+                f"({self.train_shards}) are both set: train from one of them (a config based on "
+                "an LMDB config streams shards with data.train_lmdb: null)"
             )
         if self.train_lmdb is None and self.train_shards is None:
             raise ValueError(
