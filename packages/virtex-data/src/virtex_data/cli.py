@@ -372,7 +372,13 @@ def _is_shard_set(path: str) -> bool:
 
 def _inspect_shards(spec: str, records: int) -> None:
     from virtex_data.shard_writer import read_shard_manifest
-    from virtex_data.shards import decode_sample, expand_shards, missing_shards, read_shard
+    from virtex_data.shards import (
+        decode_sample,
+        describe,
+        expand_shards,
+        missing_shards,
+        read_shard,
+    )
 
     try:
         paths = expand_shards(spec)
@@ -411,7 +417,7 @@ def _inspect_shards(spec: str, records: int) -> None:
                         click.echo(f"      {caption}")
                     shown += 1
         except Exception as error:  # a damaged shard: say where, keep counting the others
-            bad.append(f"{path}: unreadable after {count} sample(s): {error}")
+            bad.append(f"{path}: unreadable after {count} sample(s): {describe(error)}")
         total += count
     click.echo(f"{spec}: {total} samples in {len(paths)} shard(s)")
     if bad:

@@ -146,6 +146,12 @@ def image_id_of(key: str, meta: dict[str, Any] | None) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
+def describe(error: BaseException) -> str:
+    """``Type: message`` of a shard read error, without the stream repr webdataset appends."""
+    text = str(error).split(" @ <", 1)[0]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 @dataclass
 class RawSample:
     """One grouped sample of a shard, before decoding."""
@@ -488,7 +494,9 @@ class ShardCaptionDataset(IterableDataset[ShardItem]):
         except (OSError, EOFError, tarfile.TarError, ValueError) as error:
             # A missing or damaged shard must not end the epoch: what was read is kept.
             skipped.append(
-                self._skip(path, "-", f"shard unreadable after {count} sample(s): {error}")
+                self._skip(
+                    path, "-", f"shard unreadable after {count} sample(s): {describe(error)}"
+                )
             )
 
     def _sample(self, record: ImageRecord, path: str, skipped: list[str]) -> Sample | None:
