@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -167,3 +169,53 @@ def test_two_gloo_ranks_pretrain_from_disjoint_shards(shard_config: Path, tmp_pa
     assert [r["samples"] for r in state["ranks"]] == [4, 4]
     opened = [{*r["completed"], *(s for s, _ in r["in_flight"])} for r in state["ranks"]]
     assert opened[0] and opened[1] and not opened[0] & opened[1]
+
+
+def test_sigterm_mid_epoch_checkpoints_what_was_trained_and_resumes(
+    shard_config: Path, tmp_path: Path
+) -> None:
+    """SIGTERM with a DataLoader worker prefetching: the checkpoint counts trained batches only."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "virtex_train.cli", "pretrain", str(shard_config)]
+    args = ["train.num_steps=100000", "train.checkpoint_every=100000", "train.val_every=100000"]
+    args += ["train.num_workers=1"]
+    process = subprocess.Popen(
+        [*command, *args, "-o", str(out), "--no-progress"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert process.poll() is None, process.communicate()[0]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, output
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    checkpoint = torch.load(out / "checkpoints" / latest, weights_only=True)
+    step, rank = checkpoint["step"], checkpoint["sampler"]["ranks"][0]
+    # 4 images per step; the worker prefetched more, which the state must not count.
+    assert step >= 2 and rank["samples"] == 4 * step
+    # This epoch's consumed samples (16 per epoch): whole completed shards + in-flight counts.
+    this_epoch = 4 * step - 16 * rank["epoch"]
+    assert 4 * len(rank["completed"]) + sum(n for _, n in rank["in_flight"]) == this_epoch
+
+    resumed = CliRunner().invoke(
+        main,
+        [
+            "pretrain",
+            str(out / "config.yaml"),
+            f"train.num_steps={step + 1}",
+            "-o",
+            str(out),
+            "--resume",
+            "--no-progress",
+        ],
+    )
+    assert resumed.exit_code == 0, resumed.output
+    assert f"rank 0 resumes epoch {rank['epoch']}" in resumed.output
