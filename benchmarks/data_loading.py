@@ -1,13 +1,17 @@
-"""Data loading benchmark: LMDB vs. image folder, warm and cold; reduced vs. full decoding.
+"""Data loading benchmark: LMDB vs. image folder vs. tar shards, warm and cold; decoding.
 
-Makes COCO-like 640x480 JPEGs (~100 KB, photo-like noise), writes them as a folder and as one
-LMDB file (``virtex_data.lmdb_writer.build_lmdb``), and measures, in the same run:
+Makes COCO-like 640x480 JPEGs (~100 KB, photo-like noise), writes them as a folder, as one
+LMDB file (``virtex_data.lmdb_writer.build_lmdb``) and as WebDataset tar shards of 100 images
+(``virtex_data.shard_writer.build_shards``, streamed by ``virtex_data.shards``), and measures, in
+the same run:
 
 1. raw random reads/s of the stored bytes: LMDB (readahead off / on) vs. files, cold and warm;
 2. samples/s of the full training pipeline (read + decode + random resized crop + flip + jitter +
    normalise + tokenise + collate, batch 32, shuffled) at 0, 1 and 2 DataLoader workers, reading
-   from LMDB vs. from the folder, warm (files in the page cache) and cold (dropped from the cache
-   with ``posix_fadvise(POSIX_FADV_DONTNEED)`` after an ``fsync``);
+   from LMDB vs. from the folder vs. streaming the shards (shuffle buffer 256 per worker), warm
+   (files in the page cache) and cold (dropped from the cache with
+   ``posix_fadvise(POSIX_FADV_DONTNEED)`` after an ``fsync``: no root needed, but advisory; where
+   the kernel keeps pages anyway, "cold" reads are warmer than a first read on a cluster);
 3. decode time of a 224 px crop with and without reduced-size (JPEG draft) decoding;
 4. (``--tokenizer``) BPE training time on 600k captions.
 
@@ -42,6 +46,8 @@ from virtex_data.lmdb_format import ImageRecord
 from virtex_data.lmdb_reader import LmdbReader
 from virtex_data.lmdb_writer import build_lmdb
 from virtex_data.sampler import ResumableSampler
+from virtex_data.shard_writer import build_shards
+from virtex_data.shards import ShardCaptionDataset, ShardLoader, build_shard_dataset
 from virtex_data.synth import describe, sample_scene
 from virtex_data.tokenizer import CaptionTokenizer
 from virtex_data.transforms import TrainTransform, TransformConfig
@@ -147,6 +153,28 @@ def pipeline_rate(dataset: CaptioningDataset, workers: int, samples: int, seed: 
     return seen / seconds
 
 
+def shard_rate(dataset: ShardCaptionDataset, workers: int, samples: int) -> float:
+    """Samples/s of the streamed shards, timed from the second batch as :func:`pipeline_rate`."""
+    loader = DataLoader(
+        dataset,
+        batch_size=32,
+        num_workers=workers,
+        collate_fn=dataset.collate,
+        prefetch_factor=4 if workers else None,
+    )
+    iterator = iter(ShardLoader(loader, dataset.progress))
+    next(iterator)
+    seen = 0
+    start = time.perf_counter()
+    for batch in iterator:
+        seen += len(batch)
+        if seen >= samples:
+            break
+    seconds = time.perf_counter() - start
+    del iterator, loader
+    return seen / seconds
+
+
 def table(title: str, header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     print(f"\n{title}")
@@ -241,6 +269,13 @@ def main() -> None:
         f"{payload / len(files) / 1024:.0f} KB",
         flush=True,
     )
+    shard_dir = workdir / "shards"
+    start = time.perf_counter()
+    build_shards(
+        caption_file, folder, shard_dir, shard_size=100, workers=2, overwrite=True, progress=False
+    )
+    write_s = time.perf_counter() - start
+    print(f"shards written in {write_s:.1f} s ({len(files) / write_s:,.0f} records/s)", flush=True)
     tokenizer = CaptionTokenizer.train([c for cs in captions for c in cs], 1000)
     config = TransformConfig(image_size=224)
 
@@ -248,7 +283,7 @@ def main() -> None:
     if "reads" in sections:
         bench_reads(files, out)
     if "pipeline" in sections:
-        bench_pipeline(args, folder, names, captions, files, out, tokenizer, config)
+        bench_pipeline(args, folder, names, captions, files, out, shard_dir, tokenizer, config)
     if "decode" in sections:
         bench_decode(files)
     if "maxside" in sections:
@@ -293,16 +328,37 @@ def bench_pipeline(
     captions: list[list[str]],
     files: list[Path],
     out: Path,
+    shard_dir: Path,
     tokenizer: CaptionTokenizer,
     config: TransformConfig,
 ) -> None:
-    """2. full pipeline (folder and LMDB interleaved, best of --repeats: the machine is shared)."""
+    """2. full pipeline (folder, LMDB and shards interleaved, best of --repeats: the machine is
+    shared)."""
     rows = []
+    shards = sorted(shard_dir.glob("*.tar"))
     for state in ("warm", "cold"):
         for workers in (0, 1, 2):
-            rates = {"folder": 0.0, "lmdb": 0.0}
+            rates = {"folder": 0.0, "lmdb": 0.0, "shards": 0.0}
             for repeat in range(args.repeats):
-                for name in ("folder", "lmdb"):
+                for name in ("folder", "lmdb", "shards"):
+                    if name == "shards":
+                        if state == "cold":
+                            drop_from_cache(shards)
+                        else:
+                            warm_cache(shards)
+                        streamed = build_shard_dataset(
+                            [str(p) for p in shards],
+                            "captioning",
+                            tokenizer,
+                            TrainTransform(config),
+                            shuffle_buffer=256,
+                            seed=workers + repeat,
+                            rank=0,
+                            world_size=1,
+                        )
+                        rate = shard_rate(streamed, workers, args.samples)
+                        rates[name] = max(rates[name], rate)
+                        continue
                     if name == "folder":
                         reader: object = FolderReader(folder, names, captions)
                     else:
@@ -323,12 +379,14 @@ def bench_pipeline(
                     f"{rates['folder']:.0f}",
                     f"{rates['lmdb']:.0f}",
                     f"{rates['lmdb'] / rates['folder']:.2f}",
+                    f"{rates['shards']:.0f}",
+                    f"{rates['shards'] / rates['folder']:.2f}",
                 ]
             )
             print(f"  pipeline {state} workers={workers}: {rows[-1][2:]}", flush=True)
     table(
         "Training pipeline, batch 32, 224 px (samples/s)",
-        ["cache", "workers", "folder", "lmdb", "lmdb/folder"],
+        ["cache", "workers", "folder", "lmdb", "lmdb/folder", "shards", "shards/folder"],
         rows,
     )
 

@@ -36,7 +36,12 @@ def build_dataset(
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     info = get_target(target)  # an unknown target fails before the LMDB file is opened
     train = split == "train"
-    reader = LmdbReader(config.train_lmdb if train else config.val_lmdb, config.readahead)
+    if train and config.train_lmdb is None:
+        raise ValueError(
+            "data.train_lmdb is not set: this config streams data.train_shards "
+            "(virtex_data.shards.build_shard_dataset reads them)"
+        )
+    reader = LmdbReader((config.train_lmdb or "") if train else config.val_lmdb, config.readahead)
     transform = TrainTransform(config.transform) if train else EvalTransform(config.transform)
     common: dict[str, Any] = {
         "reader": reader,

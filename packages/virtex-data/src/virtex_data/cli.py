@@ -1,4 +1,5 @@
-"""The ``virtex-data`` command line: ``build-vocab``, ``build-lmdb``, ``synth``, ``inspect``."""
+"""The ``virtex-data`` command line: ``build-vocab``, ``build-lmdb``, ``build-shards``, ``synth``,
+``inspect``."""
 
 from __future__ import annotations
 
@@ -276,17 +277,176 @@ def build_lmdb_command(
         click.echo(f"  {len(manifest.unknown_image_ids)} caption(s) name unknown image ids")
 
 
-@main.command("inspect")
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--records", default=3, show_default=True, help="How many records to print.")
-def inspect_command(path: str, records: int) -> None:
-    """Print the manifest of an LMDB file and its first few records.
+@main.command("build-shards")
+@click.option(
+    "--captions",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="COCO captions JSON, or JSONL/CSV with image and caption fields (as build-lmdb).",
+)
+@click.option(
+    "--images",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder the image paths of the caption file are relative to.",
+)
+@click.option(
+    "--output",
+    "output_folder",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder to write 00000.tar, 00001.tar ... and manifest.json into.",
+)
+@click.option("--shard-size", default=1000, show_default=True, help="Samples per shard.")
+@click.option("--workers", default=1, show_default=True, help="Image reading processes.")
+@click.option(
+    "--max-side", default=None, type=int, help="Downscale images whose longer side exceeds it."
+)
+@click.option("--strict", is_flag=True, help="Fail on the first bad input instead of skipping.")
+@click.option("--overwrite", is_flag=True, help="Replace the shards of a previous build.")
+@click.option(
+    "--max-pixels",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Skip images with more pixels (default: $VIRTEX_MAX_IMAGE_PIXELS, else 89478485).",
+)
+def build_shards_command(
+    captions: str,
+    images: str,
+    output_folder: str,
+    shard_size: int,
+    workers: int,
+    max_side: int | None,
+    strict: bool,
+    overwrite: bool,
+    max_pixels: int | None,
+) -> None:
+    """Write WebDataset tar shards (img2dataset's layout) from a caption file and its images.
+
+    Images are checked, converted and skipped exactly as build-lmdb does; every caption of an
+    image is kept (in <key>.json; the first also in <key>.txt). Train from them with
+    data.train_shards: "OUT/{00000..NNNNN}.tar" (the pattern is printed).
 
     \b
     Example:
+      virtex-data build-shards --captions annotations/captions_train2017.json \\
+          --images train2017 --output shards/coco_train2017 --shard-size 1000 --workers 8
+    """
+    from virtex_data.lmdb_writer import BuildError
+    from virtex_data.shard_writer import build_shards
+
+    check_writable(output_folder, f"--output {output_folder}")
+    start = time.perf_counter()
+    try:
+        manifest = build_shards(
+            captions,
+            images,
+            output_folder,
+            shard_size=shard_size,
+            workers=workers,
+            max_side=max_side,
+            strict=strict,
+            overwrite=overwrite,
+            max_pixels=max_pixels,
+        )
+    except UnicodeDecodeError as error:
+        raise click.ClickException(_not_utf8(captions, error)) from None
+    except (BuildError, FileExistsError, ValueError) as error:
+        raise click.ClickException(str(error)) from error
+    seconds = time.perf_counter() - start
+    click.echo(
+        f"wrote {manifest.count} samples in {len(manifest.shards)} shard(s) to {output_folder} "
+        f"in {seconds:.1f} s; skipped {len(manifest.skipped)}, converted "
+        f"{manifest.converted or 0}, resized {manifest.resized}"
+    )
+    for entry in manifest.skipped[:20]:
+        click.echo(f"  skipped image {entry['image_id']} ({entry['file']}): {entry['reason']}")
+    if len(manifest.skipped) > 20:
+        click.echo(f"  ... and {len(manifest.skipped) - 20} more (all in manifest.json)")
+    if manifest.shards:
+        click.echo(f'  config: data.train_shards: "{Path(output_folder) / manifest.pattern}"')
+
+
+def _is_shard_set(path: str) -> bool:
+    return Path(path).is_dir() or path.endswith(".tar") or "{" in path or "::" in path
+
+
+def _inspect_shards(spec: str, records: int) -> None:
+    from virtex_data.shard_writer import read_shard_manifest
+    from virtex_data.shards import (
+        decode_sample,
+        describe,
+        expand_shards,
+        missing_shards,
+        read_shard,
+    )
+
+    try:
+        paths = expand_shards(spec)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    missing = missing_shards(paths)
+    if missing:
+        raise click.ClickException(
+            f"{len(missing)} of {len(paths)} shards do not exist, e.g. {missing[0]}"
+        )
+    if Path(spec).is_dir():
+        manifest = read_shard_manifest(spec)
+        if manifest is not None:
+            for key in ("count", "normalization_version", "converted", "resized", "created"):
+                click.echo(f"  manifest {key}: {manifest.get(key)}")
+            click.echo(f"  manifest skipped: {len(manifest.get('skipped', []))}")
+    total = 0
+    bad: list[str] = []
+    shown = 0
+    for path in paths:
+        count = 0
+        try:
+            for raw in read_shard(path):
+                decoded = decode_sample(raw)
+                if decoded.record is None:
+                    bad.append(f"{path}: {raw.key}: {decoded.reason}")
+                    continue
+                count += 1
+                if shown < records:
+                    record = decoded.record
+                    click.echo(
+                        f"[{shown}] {Path(path).name} key {raw.key} id {record.image_id} "
+                        f"{record.format} {len(record.image)} bytes"
+                    )
+                    for caption in record.captions:
+                        click.echo(f"      {caption}")
+                    shown += 1
+        except Exception as error:  # a damaged shard: say where, keep counting the others
+            bad.append(f"{path}: unreadable after {count} sample(s): {describe(error)}")
+        total += count
+    click.echo(f"{spec}: {total} samples in {len(paths)} shard(s)")
+    if bad:
+        click.echo(f"  {len(bad)} bad sample(s) or shard(s) (skipped when training):")
+        for note in bad[:20]:
+            click.echo(f"    {note}")
+
+
+@main.command("inspect")
+@click.argument("path", type=click.Path())
+@click.option("--records", default=3, show_default=True, help="How many records to print.")
+def inspect_command(path: str, records: int) -> None:
+    """Print an LMDB file's manifest and first records, or count a shard set's samples.
+
+    PATH is an LMDB file, or shards: a folder of *.tar, one .tar file or a brace pattern
+    ("shards/{00000..00099}.tar"). For shards every sample is read and counted (bad ones are
+    listed) and the first --records are printed.
+
+    \b
+    Examples:
       virtex-data inspect coco_train2017.lmdb --records 3
+      virtex-data inspect "shards/{00000..00099}.tar"
     """
     from virtex_data.lmdb_reader import LmdbFormatError, LmdbReader
+
+    if _is_shard_set(path):
+        _inspect_shards(path, records)
+        return
 
     try:
         reader = LmdbReader(path)

@@ -122,7 +122,7 @@ def pretrain_command(
         if env.is_main:
             ensure_builtin_data(data, echo=echo)
         else:
-            _wait_for([Path(data.tokenizer), Path(data.train_lmdb), Path(data.val_lmdb)])
+            _wait_for([Path(p) for p in (data.tokenizer, data.train_lmdb, data.val_lmdb) if p])
     try:
         result = pretrain(
             config, output_dir, resume=resume, device=device, progress=not no_progress

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,17 @@ import yaml
 from torch.utils.data import DataLoader
 
 from virtex_data import CaptionTokenizer, DataConfig, build_dataset
+from virtex_data.datasets import CaptioningDataset
 from virtex_data.sampler import ResumableSampler
+from virtex_data.shards import (
+    ShardCaptionDataset,
+    ShardLoader,
+    ShardProgress,
+    build_shard_dataset,
+    expand_shards,
+    missing_shards,
+)
+from virtex_data.transforms import TrainTransform
 from virtex_models import VocabSpec
 from virtex_models.pretrained import (
     ModelCheckpoint,
@@ -46,7 +57,7 @@ from virtex_train.init_from import InitFromError, init_from_config
 from virtex_train.optim import build_optimizer, lr_factor
 from virtex_train.precision import resolve_precision
 from virtex_train.runlock import RunLock, RunLockedError
-from virtex_train.trainer import Trainer
+from virtex_train.trainer import DataOrder, Trainer
 
 __all__ = ["PretrainError", "RunResult", "pretrain", "run_pretraining"]
 
@@ -87,11 +98,23 @@ def vocab_spec(tokenizer: CaptionTokenizer) -> VocabSpec:
 def check_data_paths(data: DataConfig) -> None:
     """Raise :class:`PretrainError` naming the first missing file of the ``data:`` section."""
     for key in ("tokenizer", "train_lmdb", "val_lmdb", "train_instances", "val_instances"):
+        # train_lmdb is None when the config streams data.train_shards (checked below)
         value = getattr(data, key)
         if value is not None and not Path(value).exists():
             tool = "build-vocab" if key == "tokenizer" else "build-lmdb"
             hint = f" (create it with `virtex-data {tool}`)" if "instances" not in key else ""
             raise PretrainError(f"data.{key}: {value} does not exist{hint}")
+    if data.train_shards is not None:
+        try:
+            shards = expand_shards(data.train_shards)
+        except ValueError as error:
+            raise PretrainError(f"data.train_shards: {error}") from None
+        missing = missing_shards(shards)
+        if missing:
+            raise PretrainError(
+                f"data.train_shards: {len(missing)} of {len(shards)} shards do not exist, e.g. "
+                f"{missing[0]} (create them with `virtex-data build-shards` or img2dataset)"
+            )
 
 
 def _check_resume(checkpoint: dict[str, Any], tokenizer: CaptionTokenizer, source: str) -> None:
@@ -116,7 +139,7 @@ def _check_state_fits(
     config: ExperimentConfig,
     objective: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    sampler: ResumableSampler,
+    sampler: DataOrder,
     source: str,
 ) -> None:
     """Raise :class:`PretrainError` if ``checkpoint`` cannot continue under ``config``.
@@ -136,8 +159,13 @@ def _check_state_fits(
         load_state_dict_checked(objective, checkpoint["model"], source)
         state = checkpoint["optimizer"]
         optimizer.load_state_dict(state)
-        if checkpoint.get("sampler") is not None:
-            sampler.load_state_dict(checkpoint["sampler"])
+        saved = checkpoint.get("sampler")
+        if saved is not None:
+            if saved.get("kind") == "shards" and not isinstance(sampler, ShardProgress):
+                raise ValueError(
+                    "it was trained from data.train_shards; resume with the same shards"
+                )
+            sampler.load_state_dict(saved)
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as error:
         message = str(error) if not isinstance(error, KeyError) else f"missing {error}"
         message = message.replace(f"{source} ", "")  # named once, below
@@ -157,6 +185,42 @@ def _saved_optim_kind(checkpoint: dict[str, Any]) -> str | None:
     except Exception:  # an unreadable saved config: the state check below still runs
         return None
     return kind if isinstance(kind, str) else None
+
+
+def _shard_dataset(
+    config: ExperimentConfig, target: str, tokenizer: CaptionTokenizer, env: distributed.DistEnv
+) -> ShardCaptionDataset:
+    data = config.data
+    assert data.train_shards is not None
+    try:
+        shard_set = build_shard_dataset(
+            data.train_shards,
+            target,
+            tokenizer,
+            TrainTransform(data.transform),
+            max_caption_length=data.max_caption_length,
+            masking=data.masking,
+            shuffle_buffer=data.shuffle_buffer,
+            seed=config.seed,
+            rank=env.rank,
+            world_size=env.world_size,
+        )
+    except ValueError as error:
+        raise PretrainError(f"data.train_shards: {error}") from None
+    count = len(shard_set.shards)
+    if count < env.world_size:  # a rank without a shard would never yield a batch
+        raise PretrainError(
+            f"data.train_shards names {count} shard(s) for {env.world_size} ranks: every rank "
+            "needs at least one (write smaller shards: build-shards --shard-size)"
+        )
+    readers = env.world_size * max(1, config.train.num_workers)
+    if count < readers and env.is_main:
+        print(
+            f"note: {count} shards for {readers} readers (ranks x train.num_workers): some "
+            "DataLoader workers stay idle",
+            flush=True,
+        )
+    return shard_set
 
 
 def _seed(seed: int) -> None:
@@ -269,14 +333,20 @@ def _run(
 
     _seed(config.seed + env.rank)
     info = get_objective(config.model.kind)
-    train_set = build_dataset(config.data, "train", info.target, tokenizer)
-    val_set = build_dataset(config.data, "val", info.target, tokenizer)
-    if len(train_set) // env.world_size < per_rank:  # drop_last: not a single batch
-        raise PretrainError(
-            f"train.batch_size={train_cfg.batch_size} is larger than the training data: "
-            f"data.train_lmdb {config.data.train_lmdb} holds {len(train_set)} images"
-            + (f" for {env.world_size} ranks" if env.world_size > 1 else "")
-        )
+    target = info.target
+    shard_set: ShardCaptionDataset | None = None
+    train_set: CaptioningDataset | ShardCaptionDataset
+    if config.data.train_shards is not None:  # streamed: no length, no index sampler
+        train_set = shard_set = _shard_dataset(config, target, tokenizer, env)
+    else:
+        train_set = build_dataset(config.data, "train", target, tokenizer)
+        if len(train_set) // env.world_size < per_rank:  # drop_last: not a single batch
+            raise PretrainError(
+                f"train.batch_size={train_cfg.batch_size} is larger than the training data: "
+                f"data.train_lmdb {config.data.train_lmdb} holds {len(train_set)} images"
+                + (f" for {env.world_size} ranks" if env.world_size > 1 else "")
+            )
+    val_set = build_dataset(config.data, "val", target, tokenizer)
     spec = ModelSpec(config.model, vocab_spec(tokenizer), train_set.num_classes)
     objective = spec.build().to(device)
     if train_cfg.channels_last:
@@ -298,21 +368,40 @@ def _run(
         print(f"resuming {latest}: train.init_from is not re-applied", flush=True)
     optimizer = build_optimizer(objective, config.optim)
 
-    sampler = ResumableSampler(
-        len(train_set), num_replicas=env.world_size, rank=env.rank, seed=config.seed
-    )
     pin = device.type == "cuda"
-    loader = DataLoader(
-        train_set,
-        batch_size=per_rank,
-        sampler=sampler,
-        num_workers=train_cfg.num_workers,
-        collate_fn=train_set.collate,
-        pin_memory=pin,
-        drop_last=True,
-        # Its own generator: creating an iterator never draws from the global RNG (exact resume).
-        generator=torch.Generator().manual_seed(config.seed + env.rank),
-    )
+    sampler: DataOrder
+    loader: Iterable[Any]
+    if shard_set is not None:
+        sampler = shard_set.progress
+        loader = ShardLoader(
+            DataLoader(
+                shard_set,
+                batch_size=per_rank,
+                num_workers=train_cfg.num_workers,
+                collate_fn=shard_set.collate,
+                pin_memory=pin,
+                drop_last=True,
+                generator=torch.Generator().manual_seed(config.seed + env.rank),
+            ),
+            shard_set.progress,
+        )
+    else:
+        assert isinstance(train_set, CaptioningDataset)
+        sampler = ResumableSampler(
+            len(train_set), num_replicas=env.world_size, rank=env.rank, seed=config.seed
+        )
+        loader = DataLoader(
+            train_set,
+            batch_size=per_rank,
+            sampler=sampler,
+            num_workers=train_cfg.num_workers,
+            collate_fn=train_set.collate,
+            pin_memory=pin,
+            drop_last=True,
+            # Its own generator: creating an iterator never draws from the global RNG (exact
+            # resume).
+            generator=torch.Generator().manual_seed(config.seed + env.rank),
+        )
     val_sampler = ResumableSampler(
         len(val_set), num_replicas=env.world_size, rank=env.rank, shuffle=False
     )
@@ -402,8 +491,17 @@ def _run(
         except ValueError as error:  # weights of another architecture, another world size ...
             raise PretrainError(f"cannot resume: {error}") from None
         del checkpoint
+        if shard_set is not None:  # every rank: each says which of its shards repeat
+            print(shard_set.progress.describe_resume(), flush=True)
     trainer.train()
     distributed.barrier()
+    if shard_set is not None and shard_set.progress.skipped:
+        shard_progress = shard_set.progress
+        print(
+            f"shards: rank {env.rank} skipped {shard_progress.skipped} bad sample(s), e.g. "
+            + "; ".join(shard_progress.notes[:3]),
+            flush=True,
+        )
     final = saver.final_path if saver.final_path is not None else saver.last_path
     assert final is not None
     return RunResult(

@@ -51,6 +51,8 @@ def ensure_builtin_data(
     Returns:
         Whether anything was built.
     """
+    if data.train_lmdb is None:  # a streaming config: the built-in data is an LMDB file
+        raise ValueError("the built-in data is built as data.train_lmdb, which is not set")
     targets = [Path(data.tokenizer), Path(data.train_lmdb), Path(data.val_lmdb)]
     if all(path.exists() for path in targets):
         return False

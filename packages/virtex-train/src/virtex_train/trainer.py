@@ -25,14 +25,28 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from virtex_data.sampler import ResumableSampler
 from virtex_models.pretrained import load_state_dict_checked
 from virtex_models.protocols import ObjectiveOutput
 from virtex_train.checkpoint import rng_state, set_rng_state
 from virtex_train.distributed import DistEnv, all_reduce_sum
 from virtex_train.precision import Precision, autocast, make_scaler
 
-__all__ = ["Hook", "NonFiniteLossError", "StepResult", "Trainer"]
+__all__ = ["DataOrder", "Hook", "NonFiniteLossError", "StepResult", "Trainer"]
+
+
+class DataOrder(Protocol):
+    """What the trainer needs of its data order: ``virtex_data.sampler.ResumableSampler``
+    (LMDB) or ``virtex_data.shards.ShardProgress`` (streamed shards)."""
+
+    epoch: int
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def advance(self, samples: int) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -112,7 +126,8 @@ class Trainer:
             grad_accumulation)`` images; iterated once per epoch, endlessly.
         num_steps: total optimiser steps.
         device: where to train.
-        sampler: the loader's sampler; told what was consumed and when an epoch ends.
+        sampler: the loader's sampler (or shard progress); told what was consumed and when an
+            epoch ends; its state is checkpointed.
         lr_factor: learning-rate multiplier of a step (default 1).
         grad_accumulation: micro-batches per step and rank.
         clip_grad_norm: maximum global gradient norm (``None``: no clipping).
@@ -134,7 +149,7 @@ class Trainer:
         *,
         num_steps: int,
         device: torch.device | str = "cpu",
-        sampler: ResumableSampler | None = None,
+        sampler: DataOrder | None = None,
         lr_factor: Callable[[int], float] | None = None,
         grad_accumulation: int = 1,
         clip_grad_norm: float | None = None,
