@@ -57,14 +57,14 @@ import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
 from virtex_data.batch import CaptionBatch
+from virtex_data.config import DataConfig
 from virtex_data.datasets import (
     CaptioningDataset,
-    MaskedLMDataset,
     Sample,
-    TokenClassificationDataset,
 )
 from virtex_data.lmdb_format import ImageRecord
 from virtex_data.normalize import normalize_caption
+from virtex_data.targets import TARGETS, get_target
 from virtex_data.tokenizer import CaptionTokenizer
 from virtex_data.transforms import TrainTransform
 
@@ -633,18 +633,15 @@ def build_shard_dataset(
         "max_caption_length": max_caption_length,
         "random_caption": True,
     }
-    inner: CaptioningDataset
-    if target == "captioning":
-        inner = CaptioningDataset(**common)
-    elif target == "masked_lm":
-        inner = MaskedLMDataset(**common, masking=masking)
-    elif target == "token_classification":
-        inner = TokenClassificationDataset(**common)
-    else:
+    info = get_target(target)
+    if not info.captions_only:
+        usable = ", ".join(name for name, other in TARGETS.items() if other.captions_only)
         raise ValueError(
             f"target {target!r} cannot train from shards (they hold captions only): use "
-            "captioning, masked_lm or token_classification, or data.train_lmdb"
+            f"{usable}, or data.train_lmdb"
         )
+    # The factories read only ``masking`` from the config (the LMDB paths come in ``common``).
+    inner = info.make(DataConfig(train_shards="<shards>", masking=masking), "train", common)
     progress = ShardProgress(paths, seed=seed, rank=rank, world_size=world_size)
     return ShardCaptionDataset(paths, inner, progress, shuffle_buffer)
 

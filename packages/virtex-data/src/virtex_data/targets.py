@@ -45,11 +45,14 @@ class TargetInfo:
         name: the name objectives refer to (``ObjectiveInfo.target`` in ``virtex_models``).
         make: builds the split's dataset.
         batch: the batch class its ``collate`` returns.
+        captions_only: the dataset needs nothing but images and captions (it can train from
+            caption shards, :mod:`virtex_data.shards`).
     """
 
     name: str
     make: DatasetFactory
     batch: type[CaptionBatch]
+    captions_only: bool = True
 
 
 TARGETS: dict[str, TargetInfo] = {}
@@ -112,5 +115,10 @@ register_target(
     )
 )
 register_target(
-    TargetInfo(name="multilabel_classification", make=_multilabel, batch=MultilabelBatch)
+    TargetInfo(
+        name="multilabel_classification",
+        make=_multilabel,
+        batch=MultilabelBatch,
+        captions_only=False,  # COCO instances per image
+    )
 )
