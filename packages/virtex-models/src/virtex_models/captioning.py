@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from virtex_models import decoding
+from virtex_models.compiling import compile_decoding
 from virtex_models.decoding import DecoderConfig
 from virtex_models.protocols import IGNORE_INDEX, CaptionInputs, ObjectiveOutput
 from virtex_models.textual import TransformerTextualHead
@@ -181,6 +182,8 @@ class Captioning(nn.Module):
         )
         if settings.mode not in ("beam", "greedy", "nucleus", "legacy", "legacy_nucleus"):
             raise ValueError(f"unknown decoding mode {settings.mode!r}")
+        if config.compile:  # once: later calls find the compiled step installed
+            compile_decoding(self, device=images.device)
         grid = self.visual(images)
         vocab = self.vocab
         special: dict[str, Any] = {"sos": vocab.sos, "eos": vocab.eos}
