@@ -29,14 +29,15 @@ __all__ = ["CompiledOrEager", "compile_decoding", "compile_unavailable"]
 
 
 def compile_unavailable(
-    device: torch.device | str, backend: str | Callable[..., Any]
+    device: torch.device | str, backend: str | Callable[..., Any] | None = None
 ) -> str | None:
     """Why ``torch.compile(backend=backend)`` cannot run for ``device`` here (``None``: it can).
 
-    Only the default backend (``inductor``) has requirements checked here: a C++ compiler
-    (``$CXX``, ``c++``, ``g++`` or ``clang++``) for CPU code, Triton for CUDA code.
+    Only the default backend (``inductor``, also ``backend=None``) has requirements checked
+    here: a C++ compiler (``$CXX``, ``c++``, ``g++`` or ``clang++``) for CPU code, Triton for
+    CUDA code.
     """
-    if backend != "inductor":
+    if backend not in (None, "inductor"):
         return None
     device_type = torch.device(device).type
     if device_type == "cpu":
@@ -55,7 +56,7 @@ class CompiledOrEager:
         function: a module or callable.
         what: the config switch named in the warning (e.g. ``train.compile``).
         device: where ``function`` runs (decides what :func:`compile_unavailable` checks).
-        backend: ``torch.compile``'s backend (``inductor`` by default).
+        backend: ``torch.compile``'s backend (``None``: its default, ``inductor``).
         **options: more ``torch.compile`` arguments (``dynamic``, ``mode`` ...).
 
     Attributes:
@@ -69,7 +70,7 @@ class CompiledOrEager:
         *,
         what: str,
         device: torch.device | str = "cpu",
-        backend: str | Callable[..., Any] = "inductor",
+        backend: str | Callable[..., Any] | None = None,
         **options: Any,
     ) -> None:
         self.function = function
@@ -78,7 +79,9 @@ class CompiledOrEager:
         self._compiled: Callable[..., Any] | None = None
         self._proven = False  # one call succeeded: later errors are the model's, not compile's
         if self.reason is None:
-            self._compiled = torch.compile(function, backend=backend, **options)
+            if backend is not None:
+                options["backend"] = backend
+            self._compiled = torch.compile(function, **options)
         else:
             self._warn()
         functools.update_wrapper(self, function, updated=())  # type: ignore[arg-type]
@@ -117,7 +120,7 @@ def compile_decoding(
     model: torch.nn.Module,
     *,
     device: torch.device | str | None = None,
-    backend: str | Callable[..., Any] = "inductor",
+    backend: str | Callable[..., Any] | None = None,
 ) -> CompiledOrEager:
     """Compile the per-token decoding step of a captioning model (in place).
 
@@ -130,7 +133,7 @@ def compile_decoding(
     Args:
         model: a :class:`~virtex_models.Captioning` (anything with ``textual.step``).
         device: where decoding runs (default: the model's parameters' device).
-        backend: ``torch.compile``'s backend.
+        backend: ``torch.compile``'s backend (``None``: its default, ``inductor``).
 
     Returns:
         the wrapper now installed as ``model.textual.step``.
