@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from virtex_data.config import DataConfig, Split, Target
 from virtex_data.datasets import (
     CaptioningDataset,
@@ -36,6 +38,26 @@ def build_dataset(
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     train = split == "train"
+    if config.gpu_decode and target != "captioning":
+        raise ValueError(
+            f"data.gpu_decode: supported for the captioning targets only, not {target!r} "
+            "(set data.gpu_decode=false)"
+        )
+    if config.gpu_decode and train:
+        from virtex_data.gpu_decode import GpuDecodeCaptioningDataset, gpu_decode_available
+
+        reason = gpu_decode_available()
+        if reason is None:
+            return GpuDecodeCaptioningDataset(
+                reader=LmdbReader(config.train_lmdb, config.readahead),
+                tokenizer=tokenizer,
+                transform_config=config.transform,
+                max_caption_length=config.max_caption_length,
+                random_caption=True,
+            )
+        warnings.warn(
+            f"data.gpu_decode: {reason}; decoding training images on the CPU", stacklevel=2
+        )
     reader = LmdbReader(config.train_lmdb if train else config.val_lmdb, config.readahead)
     transform = TrainTransform(config.transform) if train else EvalTransform(config.transform)
     common = {
