@@ -28,6 +28,7 @@ decode code on the CPU. Dry-run numbers measure nothing.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import io
 import math
@@ -169,7 +170,7 @@ def largest_batch(setup: Setup) -> int:
 def flops_per_step(setup: Setup, batch: int) -> int:
     step = TrainStep(setup, compiled=False)
     data = make_batch(setup, batch)
-    _, flops = count_flops(lambda: step(data))
+    _, flops = count_flops(functools.partial(step, data))
     del step
     reset_peak(setup.device)
     return flops
