@@ -36,6 +36,8 @@ from torchvision.transforms import v2
 from virtex_data.batch import CaptionBatch
 from virtex_data.datasets import CaptioningDataset, Sample, pad_tokens
 from virtex_data.image_codec import open_image
+from virtex_data.lmdb_reader import LmdbReader
+from virtex_data.tokenizer import CaptionTokenizer
 from virtex_data.transforms import TrainTransform, TransformConfig, swap_left_right
 
 __all__ = [
@@ -195,8 +197,22 @@ class GpuDecodeCaptioningDataset(CaptioningDataset):
     Build it through :func:`virtex_data.build_dataset` with ``data.gpu_decode: true``.
     """
 
-    def __init__(self, *args: Any, transform_config: TransformConfig, **kwargs: Any) -> None:
-        super().__init__(*args, transform=GpuDecodeTransform(transform_config), **kwargs)
+    def __init__(
+        self,
+        reader: LmdbReader,
+        tokenizer: CaptionTokenizer,
+        *,
+        transform_config: TransformConfig,
+        max_caption_length: int = 30,
+        random_caption: bool = True,
+    ) -> None:
+        super().__init__(
+            reader,
+            tokenizer,
+            GpuDecodeTransform(transform_config),
+            max_caption_length,
+            random_caption,
+        )
         self.transform_config = transform_config
 
     def collate(self, samples: Sequence[Sample]) -> EncodedCaptionBatch:  # type: ignore[override]

@@ -84,7 +84,7 @@ class CompiledOrEager:
             self._compiled = torch.compile(function, **options)
         else:
             self._warn()
-        functools.update_wrapper(self, function, updated=())  # type: ignore[arg-type]
+        functools.update_wrapper(self, function, updated=())
 
     @property
     def compiled(self) -> bool:
