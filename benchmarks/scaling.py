@@ -135,10 +135,12 @@ def plot(path: Path, length_rows: list[Any], beam_rows: list[Any], train_rows: l
     axes[1].plot(beams, [r[2] * 1e3 for r in beam_rows], "s-", label="KV-cached")
     axes[1].set(xlabel="beam size", ylabel="decode ms / image", title=f"{beam_rows[0][3]} tokens")
     axes[1].set_xscale("log", base=2)
+    axes[1].set_xticks(beams, [str(b) for b in beams])
     batches = [r[0] for r in train_rows]
     axes[2].plot(batches, [r[1] for r in train_rows], "o-")
     axes[2].set(xlabel="batch size", ylabel="images / s", title="training step (fwd+bwd+SGD)")
     axes[2].set_xscale("log", base=2)
+    axes[2].set_xticks(batches, [str(b) for b in batches])
     for ax in axes[:2]:
         ax.legend()
     for ax in axes:
