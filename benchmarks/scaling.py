@@ -159,7 +159,8 @@ def main() -> None:
     parser.add_argument("--beam-length", type=int, default=20)
     parser.add_argument("--batches", default="1,2,4,8,16", help="training batch sizes")
     parser.add_argument("--train-size", type=int, default=128, help="training image side")
-    parser.add_argument("--repeats", type=int, default=2, help="best of N (default 2)")
+    parser.add_argument("--repeats", type=int, default=2, help="best of N per point and round")
+    parser.add_argument("--rounds", type=int, default=2, help="sweeps, best kept (default 2)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--png", type=Path, default=HERE / "scaling.png")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
@@ -167,6 +168,7 @@ def main() -> None:
     if args.quick:
         args.images, args.width, args.lengths, args.beams = 1, 64, "2,4", "1,2"
         args.beam_length, args.batches, args.train_size, args.repeats = 4, "2,4", 64, 1
+        args.rounds = 1
     torch.set_num_threads(args.threads)
     lengths = [int(x) for x in args.lengths.split(",")]
     beam_sizes = [int(x) for x in args.beams.split(",")]
@@ -177,35 +179,37 @@ def main() -> None:
     print(
         f"captioning R-18 + L1 H{args.width}, vocab {VOCAB.size}, {args.images} images of 224 px "
         f"(grid {grid.shape[2]}x{grid.shape[3]}), {args.threads} thread(s), best of "
-        f"{args.repeats}; [EOS] suppressed"
+        f"{args.repeats} x {args.rounds} rounds; [EOS] suppressed"
     )
+    # Rounds repeat the whole sweep and keep each point's best: a burst of load from other jobs
+    # on a shared machine then spoils one round of a point, not the curve.
+    decode: dict[tuple[int, int], tuple[float, float, bool]] = {}
+    points = [(5, length) for length in lengths] + [(b, args.beam_length) for b in beam_sizes]
+    speeds: dict[int, float] = {}
+    for _ in range(args.rounds):
+        for beams, length in dict.fromkeys(points):
+            naive, cached, same = decode_point(model, grid, beams, length, args.repeats)
+            old = decode.get((beams, length), (naive, cached, same))
+            decode[(beams, length)] = (min(old[0], naive), min(old[1], cached), same and old[2])
+        for batch in batches:
+            speed = train_point(model, batch, args.train_size, args.repeats + 1)
+            speeds[batch] = max(speeds.get(batch, 0.0), speed)
     print("\n| beam | tokens | naive ms/img | KV-cached ms/img | speed-up |")
     print("|---|---|---|---|---|")
-    length_rows = []
-    for length in lengths:
-        naive, cached, same = decode_point(model, grid, 5, length, args.repeats)
-        length_rows.append((length, naive, cached))
+    for beams, length in dict.fromkeys(points):
+        naive, cached, same = decode[(beams, length)]
         flag = "" if same else " (captions differ!)"
         print(
-            f"| 5 | {length} | {naive * 1e3:.1f} | {cached * 1e3:.1f} | "
+            f"| {beams} | {length} | {naive * 1e3:.1f} | {cached * 1e3:.1f} | "
             f"{naive / cached:.1f}x{flag} |"
         )
-    beam_rows = []
-    for beams in beam_sizes:
-        naive, cached, same = decode_point(model, grid, beams, args.beam_length, args.repeats)
-        beam_rows.append((beams, naive, cached, args.beam_length))
-        flag = "" if same else " (captions differ!)"
-        print(
-            f"| {beams} | {args.beam_length} | {naive * 1e3:.1f} | {cached * 1e3:.1f} | "
-            f"{naive / cached:.1f}x{flag} |"
-        )
+    length_rows = [(length, *decode[(5, length)][:2]) for length in lengths]
+    beam_rows = [(b, *decode[(b, args.beam_length)][:2], args.beam_length) for b in beam_sizes]
     print(f"\ntraining step, R-18 + L1 H{args.width}, {args.train_size} px, 20-token captions")
     print(f"| batch | img/s | vs batch {batches[0]} |")
     print("|---|---|---|")
-    train_rows = []
-    for batch in batches:
-        throughput = train_point(model, batch, args.train_size, args.repeats + 1)
-        train_rows.append((batch, throughput))
+    train_rows = [(batch, speeds[batch]) for batch in batches]
+    for batch, throughput in train_rows:
         print(f"| {batch} | {throughput:.2f} | {throughput / train_rows[0][1]:.2f}x |")
     try:
         plot(args.png, length_rows, beam_rows, train_rows)
