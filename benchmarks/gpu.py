@@ -13,7 +13,7 @@ On one CUDA device (written for an H100/H200; under 8 minutes there) it prints o
 3. ``data CPU decode`` / ``data GPU decode``: images/s of the training data pipeline over
    generated 640 x 480 JPEGs (``DataLoader`` with ``--workers`` processes, batches moved to the
    device): PIL decode + augmentation in the workers (the baseline) vs ``data.gpu_decode``
-   (nvJPEG batch decode + augmentation on the GPU);
+   (nvJPEG batch decode + augmentation on the GPU); loader batches of 64 images;
 4. ``caption beam-5``: ``generate`` (visual forward + beam 5 x 30 tokens, bf16 autocast) img/s.
 
 Without CUDA (or with ``--dry-run``) it runs the same rows tiny, to check the script: ResNet-18,
@@ -247,6 +247,9 @@ def generated_jpegs(count: int) -> list[Record]:
 
 
 def data_rows(setup: Setup, batch: int) -> list[dict]:
+    # A loader batch of at most 64 images: with the training batch (hundreds) the few batches
+    # of one epoch would keep only a few of the workers busy.
+    batch = min(batch, 64)
     records = generated_jpegs(setup.images)
     captions = [c for r in records for c in r.captions]
     tokenizer = CaptionTokenizer.train(captions, vocab_size=60)
@@ -282,7 +285,7 @@ def data_rows(setup: Setup, batch: int) -> list[dict]:
         note = f"{setup.images} JPEGs 640x480, {setup.workers} workers"
         if label == "GPU decode" and setup.device.type != "cuda":
             note += ", device code on the CPU"
-        rows.append({"label": label, "img_s": images / seconds, "note": note})
+        rows.append({"label": label, "img_s": images / seconds, "note": note, "batch": batch})
     return rows
 
 
@@ -357,7 +360,7 @@ def main() -> None:
     loading = data_rows(setup, batch)
     for row in loading:
         ratio = row["img_s"] / loading[0]["img_s"]
-        cells = [f"data {row['label']}", row["label"], str(batch), f"{row['img_s']:.1f}"]
+        cells = [f"data {row['label']}", row["label"], str(row["batch"]), f"{row['img_s']:.1f}"]
         cells += [f"{ratio:.2f}x", "", "", row["note"]]
         print("| " + " | ".join(cells) + " |", flush=True)
     caption = caption_row(setup, caption_batch)
