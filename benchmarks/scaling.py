@@ -22,6 +22,7 @@ Writes ``benchmarks/scaling.png`` (``--png``) and prints the tables in Markdown.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from collections.abc import Callable
@@ -106,8 +107,8 @@ def train_point(model: Captioning, batch: int, size: int, steps: int) -> float:
         tokens=tokens,
         lengths=torch.full((batch,), 20),
     )
+    model = copy.deepcopy(model).train()  # the caller's model stays in eval mode, unchanged
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    model.train()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
