@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from virtex_data.config import DataConfig, Split
@@ -40,6 +41,26 @@ def build_dataset(
         raise ValueError(
             "data.train_lmdb is not set: this config streams data.train_shards "
             "(virtex_data.shards.build_shard_dataset reads them)"
+        )
+    if config.gpu_decode and target != "captioning":
+        raise ValueError(
+            f"data.gpu_decode: supported for the captioning targets only, not {target!r} "
+            "(set data.gpu_decode=false)"
+        )
+    if config.gpu_decode and train:
+        from virtex_data.gpu_decode import GpuDecodeCaptioningDataset, gpu_decode_available
+
+        reason = gpu_decode_available()
+        if reason is None:
+            return GpuDecodeCaptioningDataset(
+                reader=LmdbReader(config.train_lmdb or "", config.readahead),
+                tokenizer=tokenizer,
+                transform_config=config.transform,
+                max_caption_length=config.max_caption_length,
+                random_caption=True,
+            )
+        warnings.warn(
+            f"data.gpu_decode: {reason}; decoding training images on the CPU", stacklevel=2
         )
     reader = LmdbReader((config.train_lmdb or "") if train else config.val_lmdb, config.readahead)
     transform = TrainTransform(config.transform) if train else EvalTransform(config.transform)

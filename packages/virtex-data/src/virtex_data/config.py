@@ -43,6 +43,8 @@ class DataConfig:
         transform: image transforms.
         masking: masked-LM proportions.
         readahead: LMDB readahead (see the package README's benchmark).
+        gpu_decode: decode and augment training JPEGs on the GPU (captioning targets;
+            :mod:`virtex_data.gpu_decode`); without CUDA: a warning and the CPU path.
     """
 
     train_lmdb: str | None = _DEFAULT_TRAIN_LMDB
@@ -56,6 +58,7 @@ class DataConfig:
     transform: TransformConfig = field(default_factory=TransformConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     readahead: bool = DEFAULT_READAHEAD
+    gpu_decode: bool = False
 
     def __post_init__(self) -> None:
         if self.train_shards is not None:

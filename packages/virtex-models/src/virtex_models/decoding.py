@@ -57,6 +57,9 @@ class DecoderConfig:
             (0 = plain summed log-probability).
         top_p: nucleus size for ``nucleus`` and ``legacy_nucleus``.
         temperature: softmax temperature for ``nucleus``.
+        compile: run the per-token step through ``torch.compile``
+            (:func:`virtex_models.compiling.compile_decoding`; eager with one warning where
+            compiling is not possible).
     """
 
     mode: Literal["beam", "greedy", "nucleus", "legacy", "legacy_nucleus"] = "beam"
@@ -66,6 +69,7 @@ class DecoderConfig:
     length_penalty: float = 0.0
     top_p: float = 0.9
     temperature: float = 1.0
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:

@@ -21,6 +21,7 @@ from virtex_data.caption_metrics import cider_d, tokenize_corpus
 from virtex_train.checkpoint import CheckpointManager
 from virtex_train.distributed import all_gather_objects, all_reduce_sum
 from virtex_train.precision import autocast
+from virtex_train.throughput import device_peak_flops, mfu
 from virtex_train.trainer import Hook, NonFiniteLossError, StepResult, Trainer
 
 __all__ = ["CheckpointHook", "LoggingHook", "RunLog", "ValidationHook"]
@@ -105,7 +106,11 @@ class RunLog:
 class LoggingHook(Hook):
     """Averages of the last ``every`` steps to the run log; a tqdm bar on rank 0.
 
-    The bar shows loss, learning rates and images/s; tqdm adds the ETA.
+    The bar shows loss, learning rates and images/s; tqdm adds the ETA. Each record has
+    ``images_per_s`` and ``tokens_per_s`` (global batch) and, once the trainer counted the
+    model's FLOPs (:attr:`Trainer.flops_per_image`), ``model_tflops_per_s`` and ``mfu``
+    against ``peak_tflops`` per device x world size (:mod:`virtex_train.throughput` says how
+    both are obtained; no ``mfu`` for a device without a known peak).
     """
 
     def __init__(self, log: RunLog, every: int, progress: bool = True) -> None:
@@ -115,15 +120,22 @@ class LoggingHook(Hook):
         self.every = every
         self.progress = progress and log.enabled
         self._bar: Any = None
+        self._peak: float | None = None
+        #: Where the MFU's peak comes from (set by ``before_train`` on the logging rank).
+        self.peak_source = ""
         self._reset()
 
     def _reset(self) -> None:
         self._losses: list[float] = []
         self._components: dict[str, list[float]] = {}
         self._images = 0
+        self._tokens = 0
         self._seconds = 0.0
 
     def before_train(self, trainer: Trainer) -> None:
+        if self.log.enabled and self._peak is None:
+            # Measured once per process on CPU (a fraction of a second), a table look-up on CUDA.
+            self._peak, self.peak_source = device_peak_flops(trainer.device, trainer.precision)
         if self.progress:
             self._bar = tqdm(
                 total=trainer.num_steps, initial=trainer.step, desc="pretrain", unit="step"
@@ -134,6 +146,7 @@ class LoggingHook(Hook):
         for name, value in result.components.items():
             self._components.setdefault(name, []).append(value)
         self._images += result.images
+        self._tokens += result.tokens
         self._seconds += result.seconds
         if self._bar is not None:
             lrs = " ".join(f"{v:.2e}" for v in result.lrs.values())
@@ -150,10 +163,24 @@ class LoggingHook(Hook):
                 **result.lrs,
                 "images_per_s": self._images / max(self._seconds, 1e-9),
             }
+            record.update(self._throughput(trainer))
             for name, values in self._components.items():
                 record[name] = sum(values) / len(values)
             self.log.metrics(record)
             self._reset()
+
+    def _throughput(self, trainer: Trainer) -> dict[str, float]:
+        seconds = max(self._seconds, 1e-9)
+        record: dict[str, float] = {}
+        if self._tokens:
+            record["tokens_per_s"] = self._tokens / seconds
+        if trainer.flops_per_image:
+            flops_per_s = trainer.flops_per_image * self._images / seconds
+            record["model_tflops_per_s"] = flops_per_s / 1e12
+            if self._peak:
+                record["peak_tflops"] = self._peak / 1e12
+                record["mfu"] = mfu(flops_per_s, self._peak, trainer.env.world_size)
+        return record
 
     def close(self) -> None:
         if self._bar is not None:

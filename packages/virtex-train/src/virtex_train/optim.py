@@ -10,6 +10,9 @@
   layer tied to one).
 - :class:`Lookahead` wraps the base optimiser; its slow weights and step counter are part of
   ``optimizer.state_dict()``, so a resumed run continues exactly.
+- Fused kernels (``optim.fused``, default ``null`` = auto): SGD and AdamW run PyTorch's fused
+  single-kernel step when every parameter is a floating-point CUDA tensor (:func:`use_fused`);
+  Lookahead wraps the fused optimiser unchanged.
 - :func:`lr_factor` is a pure function of the step: linear warm-up, then cosine, linear,
   multi-step or constant. The trainer sets ``group["lr"] = group["initial_lr"] * factor``.
 """
@@ -37,6 +40,7 @@ __all__ = [
     "clip_grad_norm",
     "lr_factor",
     "param_groups",
+    "use_fused",
 ]
 
 NoDecayKind = Literal["norm", "bias", "embedding"]
@@ -114,6 +118,9 @@ class OptimConfig:
         clip_grad_norm: clip the global gradient norm to this value (``None`` = no clipping).
         lookahead: Lookahead wrapper.
         schedule: learning-rate schedule.
+        fused: PyTorch's fused optimiser kernels: ``null`` (auto: fused when every parameter
+            is a floating-point CUDA tensor), ``true`` (also on CPU, where PyTorch >= 2.4 has
+            them) or ``false`` (PyTorch's default, foreach on CUDA).
     """
 
     kind: Literal["sgd", "adamw"] = "sgd"
@@ -127,6 +134,7 @@ class OptimConfig:
     clip_grad_norm: float | None = 10.0
     lookahead: LookaheadConfig = field(default_factory=LookaheadConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    fused: bool | None = None
 
     def __post_init__(self) -> None:
         if self.cnn_lr < 0 or self.lr < 0:
@@ -227,13 +235,55 @@ def param_groups(objective: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]
     return groups
 
 
+#: Parameter dtypes PyTorch's fused SGD/AdamW kernels accept.
+FUSED_DTYPES: tuple[torch.dtype, ...] = (
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+)
+
+
+def use_fused(params: Iterable[Tensor], requested: bool | None) -> bool:
+    """Whether SGD/AdamW over ``params`` run fused (``optim.fused``).
+
+    Args:
+        params: the parameters the optimiser will hold (on their final device).
+        requested: ``None`` (auto): fused when every parameter is a CUDA tensor of a dtype in
+            :data:`FUSED_DTYPES`; ``True``: fused, or ``ValueError`` when the parameters do not
+            allow it (mixed devices, an unsupported dtype or device); ``False``: not fused.
+    """
+    if requested is False:
+        return False
+    tensors = list(params)
+    devices = {p.device.type for p in tensors}
+    dtypes_ok = all(p.dtype in FUSED_DTYPES for p in tensors)
+    if requested is None:
+        return bool(tensors) and devices == {"cuda"} and dtypes_ok
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    supported = set(_get_fused_kernels_supported_devices())
+    if len(devices) != 1 or not devices <= supported or not dtypes_ok:
+        dtypes = sorted({str(p.dtype) for p in tensors})
+        raise ValueError(
+            f"optim.fused=true: fused kernels need every parameter on one device type of "
+            f"{sorted(supported)} with a dtype of {[str(d) for d in FUSED_DTYPES]}; got devices "
+            f"{sorted(devices)} and dtypes {dtypes} (set optim.fused=null for auto)"
+        )
+    return True
+
+
 def build_optimizer(objective: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """SGD or AdamW over :func:`param_groups`, wrapped in :class:`Lookahead` when enabled.
 
-    Build it after moving the objective to its device. The kernels are PyTorch's defaults
-    (foreach on CUDA), which a handful of groups lets them use.
+    Build it after moving the objective to its device: ``optim.fused`` (:func:`use_fused`) is
+    decided from where the parameters are. Unfused, the kernels are PyTorch's defaults (foreach
+    on CUDA), which a handful of groups lets them use.
     """
     groups = param_groups(objective, cfg)
+    fused = use_fused((p for group in groups for p in group["params"]), cfg.fused)
+    # ``fused=None`` leaves PyTorch's default; True/False would also pin foreach off.
+    kernels: dict[str, Any] = {"fused": True} if fused else {}
     base: torch.optim.Optimizer
     if cfg.kind == "sgd":
         base = torch.optim.SGD(
@@ -242,9 +292,12 @@ def build_optimizer(objective: nn.Module, cfg: OptimConfig) -> torch.optim.Optim
             momentum=cfg.momentum,
             nesterov=cfg.nesterov,
             weight_decay=cfg.weight_decay,
+            **kernels,
         )
     elif cfg.kind == "adamw":
-        base = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        base = torch.optim.AdamW(
+            groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **kernels
+        )
     else:  # pragma: no cover - the Literal and the config parser rule this out
         raise ValueError(f"optim.kind {cfg.kind!r} is not one of sgd, adamw")
     if cfg.lookahead.enabled:

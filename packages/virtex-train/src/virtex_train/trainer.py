@@ -12,6 +12,7 @@ ranks, so a step sees the mean of the micro-batch losses over the whole global b
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import threading
@@ -25,11 +26,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from virtex_models.compiling import CompiledOrEager
 from virtex_models.pretrained import load_state_dict_checked
 from virtex_models.protocols import ObjectiveOutput
 from virtex_train.checkpoint import rng_state, set_rng_state
 from virtex_train.distributed import DistEnv, all_reduce_sum
 from virtex_train.precision import Precision, autocast, make_scaler
+from virtex_train.throughput import count_flops
 
 __all__ = ["DataOrder", "Hook", "NonFiniteLossError", "StepResult", "Trainer"]
 
@@ -78,6 +81,8 @@ class StepResult:
         lrs: learning rate per parameter-group name (``visual``, ``other`` ...).
         images: images in the global batch.
         seconds: wall time of the step, data loading included.
+        tokens: caption tokens (``lengths`` summed, all ranks) in the global batch; 0 for
+            batches without ``lengths``.
     """
 
     step: int
@@ -86,6 +91,7 @@ class StepResult:
     lrs: dict[str, float] = field(default_factory=dict)
     images: int = 0
     seconds: float = 0.0
+    tokens: int = 0
 
 
 class Hook:
@@ -133,12 +139,16 @@ class Trainer:
         clip_grad_norm: maximum global gradient norm (``None``: no clipping).
         precision: ``bf16``/``fp16`` autocast (fp16 with a ``GradScaler``) or ``fp32``.
         channels_last: convert the model and images to ``torch.channels_last``.
-        compile: run the forward pass through ``torch.compile``.
+        compile: run the forward pass (and so its backward) through ``torch.compile``; eager
+            with one warning where compiling is not possible
+            (:class:`virtex_models.compiling.CompiledOrEager`).
         hooks: called in order.
         env: the distributed environment; with ``world_size > 1`` the objective is wrapped in
             DDP (the process group must be initialised).
         handle_signals: on SIGTERM/SIGINT finish the current step, call ``after_train`` (which
             checkpoints) and return with ``interrupted`` set.
+        count_flops: count the model FLOPs of the first micro-batch (forward + backward, eager,
+            under ``FlopCounterMode``) into :attr:`flops_per_image` for the throughput log.
     """
 
     def __init__(
@@ -159,6 +169,7 @@ class Trainer:
         hooks: Sequence[Hook] = (),
         env: DistEnv | None = None,
         handle_signals: bool = True,
+        count_flops: bool = True,
     ) -> None:
         if num_steps < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
@@ -192,7 +203,12 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.model = model
-        self._forward: Callable[[Any], ObjectiveOutput] = torch.compile(model) if compile else model
+        self._forward: Callable[[Any], ObjectiveOutput] = (
+            CompiledOrEager(model, what="train.compile", device=self.device) if compile else model
+        )
+        #: Model FLOPs (forward + backward) per image, counted on the first micro-batch.
+        self.flops_per_image: float | None = None
+        self._count_flops = count_flops
         self._params = [p for p in self.objective.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------ state
@@ -280,6 +296,7 @@ class Trainer:
         lrs = self._set_lr()
         self.optimizer.zero_grad(set_to_none=True)
         loss_total = torch.zeros((), device=self.device)
+        tokens_total = torch.zeros((), device=self.device)
         component_totals: dict[str, torch.Tensor] = {}
         images = 0
         for micro in range(self.grad_accumulation):
@@ -289,11 +306,19 @@ class Trainer:
             if isinstance(self.model, DistributedDataParallel) and not last:
                 sync = self.model.no_sync()  # type: ignore[assignment]
             with sync:
-                with autocast(self.precision, self.device):
-                    output = self._forward(batch)
-                loss = output.loss.float() / self.grad_accumulation
-                self.scaler.scale(loss).backward()
+                if self._count_flops and self.flops_per_image is None:
+                    # Eager (a compiled graph hides its operations from the counter); the
+                    # compiled forward takes over from the next micro-batch.
+                    (output, loss), flops = count_flops(
+                        functools.partial(self._forward_backward, self.model, batch)
+                    )
+                    self.flops_per_image = flops / max(len(batch), 1)
+                else:
+                    output, loss = self._forward_backward(self._forward, batch)
             loss_total += loss.detach()
+            lengths = getattr(batch, "lengths", None)
+            if isinstance(lengths, torch.Tensor):
+                tokens_total += lengths.sum()
             for name, value in output.components.items():
                 part = value.detach().float() / self.grad_accumulation
                 component_totals[name] = component_totals.get(name, 0) + part
@@ -303,10 +328,11 @@ class Trainer:
                 self.sampler.advance(size)
         # One reduction carries the loss and its parts.
         names = list(component_totals)
-        stats = torch.stack([loss_total, *(component_totals[n] for n in names)])
+        stats = torch.stack([loss_total, *(component_totals[n] for n in names), tokens_total])
         all_reduce_sum(stats)
         world = self.env.world_size
-        values = (stats / world).tolist()
+        tokens = int(round(float(stats[-1])))
+        values = (stats[:-1] / world).tolist()
         loss_value = values[0]
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(self.step + 1)
@@ -323,7 +349,17 @@ class Trainer:
             lrs=lrs,
             images=images * world,
             seconds=time.perf_counter() - start,
+            tokens=tokens,
         )
+
+    def _forward_backward(
+        self, forward: Callable[[Any], ObjectiveOutput], batch: Any
+    ) -> tuple[ObjectiveOutput, torch.Tensor]:
+        with autocast(self.precision, self.device):
+            output = forward(batch)
+        loss = output.loss.float() / self.grad_accumulation
+        self.scaler.scale(loss).backward()
+        return output, loss
 
     def train(self) -> None:
         """Run until ``num_steps`` (or a SIGTERM/SIGINT); see :class:`Hook` for the calls."""

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from virtex_models import decoding
+from virtex_models.compiling import compile_decoding
 from virtex_models.decoding import DecoderConfig
 from virtex_models.protocols import (
     IGNORE_INDEX,
@@ -195,6 +196,8 @@ class Captioning(ObjectiveModule):
         )
         if settings.mode not in ("beam", "greedy", "nucleus", "legacy", "legacy_nucleus"):
             raise ValueError(f"unknown decoding mode {settings.mode!r}")
+        if config.compile:  # once: later calls find the compiled step installed
+            compile_decoding(self, device=images.device)
         grid = self.visual(images)
         vocab = self.vocab
         special: dict[str, Any] = {"sos": vocab.sos, "eos": vocab.eos}
