@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -168,7 +169,9 @@ def test_decoder_config_switch_installs_the_compiled_step(monkeypatch: pytest.Mo
         backends.append(kwargs)
         return real(model, backend="aot_eager")
 
-    monkeypatch.setattr("virtex_models.captioning.compile_decoding", spy)
+    # (by module object: ``virtex_models.objectives`` is also a function of the package)
+    module = importlib.import_module("virtex_models.objectives.captioning")
+    monkeypatch.setattr(module, "compile_decoding", spy)
     model.generate(caption_batch().images, max_steps=3)
     assert isinstance(model.textual.step, CompiledOrEager) and backends
 

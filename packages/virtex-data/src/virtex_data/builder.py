@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from virtex_data.batch import CaptionBatch
 from virtex_data.config import DataConfig, Split
 from virtex_data.datasets import CaptioningDataset
 from virtex_data.lmdb_reader import LmdbReader
@@ -42,7 +43,7 @@ def build_dataset(
             "data.train_lmdb is not set: this config streams data.train_shards "
             "(virtex_data.shards.build_shard_dataset reads them)"
         )
-    if config.gpu_decode and target != "captioning":
+    if config.gpu_decode and info.batch is not CaptionBatch:  # plain captions: no masking etc.
         raise ValueError(
             f"data.gpu_decode: supported for the captioning targets only, not {target!r} "
             "(set data.gpu_decode=false)"

@@ -23,6 +23,7 @@ from virtex_data.lmdb_writer import build_lmdb
 from virtex_data.synth import generate
 from virtex_data.synth_grounding import Grounding, grounding
 from virtex_models.pretrained import load_objective
+from virtex_models.registry import get_objective
 
 __all__ = ["QUICKSTART_IMAGES", "ensure_builtin_data", "greedy_val_captions", "val_grounding"]
 
@@ -106,12 +107,12 @@ def greedy_val_captions(
 ) -> dict[int, str] | None:
     """Greedy captions (image id -> text) of every image of ``data``'s val LMDB, or ``None``
     when the checkpoint's objective does not caption."""
-    objective, _ = load_objective(checkpoint, map_location=device)
+    objective, spec = load_objective(checkpoint, map_location=device)
     generate = getattr(objective, "generate", None)
     if generate is None:
         return None
     tokenizer = CaptionTokenizer.from_file(data.tokenizer)
-    dataset = build_dataset(data, "val", "captioning", tokenizer)
+    dataset = build_dataset(data, "val", get_objective(spec.config.kind).target, tokenizer)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate)
     captions: dict[int, str] = {}
     with torch.inference_mode():
