@@ -57,6 +57,7 @@ from torch.optim.swa_utils import update_bn
 from virtex_data import DataConfig
 from virtex_data.builder import build_dataset
 from virtex_data.synth import ATTRIBUTE_CLASSES, COLOURS, SHAPES
+from virtex_data.synth_grounding import grounding
 from virtex_data.transforms import EvalTransform, TransformConfig
 from virtex_eval.captioner import Captioner, DecodeSettings, load_captioner
 from virtex_eval.features import FeatureSet, extract_features
@@ -457,11 +458,27 @@ def caption_eval(
         "all_correct_shuffled": float(
             np.mean([all_named_present(c, r) for c, r in zip(shuffled, records)])
         ),
+        # The quickstart's checks (virtex_data.synth_grounding): the largest object's colour
+        # and shape named, the stated count right, each beside the shuffled captions' rate.
+        **_synth_grounding(predictions, records),
         "examples": [
             {"image_id": i, "caption": c, "references": references[i][:2]}
             for i, c in list(zip(ids, captions))[:8]
         ],
     }
+
+
+def _synth_grounding(
+    predictions: dict[int, str], records: Sequence[dict[str, Any]]
+) -> dict[str, float]:
+    checked = grounding(predictions, records)
+    result = {"distinct_captions": float(checked.distinct)}
+    names = {"colour": "largest_colour", "shape": "largest_shape", "count": "count"}
+    for field, key in names.items():
+        result[key] = getattr(checked.captions, field)
+        result[f"{key}_shuffled"] = getattr(checked.shuffled, field)
+    result["counted"] = checked.captions.counted
+    return result
 
 
 # --------------------------------------------------------------------------------- outputs

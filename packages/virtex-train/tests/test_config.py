@@ -43,7 +43,7 @@ def test_none_loads_the_quickstart_config() -> None:
     config = load_config(None)
     assert config == quickstart_config()
     assert config.model.visual.name == "resnet18"
-    assert config.data.transform.image_size == 64
+    assert config.data.transform.image_size == 32
     assert config.data.train_lmdb == "data/synth/train.lmdb"
 
 

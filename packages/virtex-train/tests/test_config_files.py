@@ -179,5 +179,5 @@ def test_quickstart_file_is_small_and_uses_the_built_in_data() -> None:
     assert config == quickstart_config()
     assert config.data.train_lmdb.startswith("data/synth/")
     assert config.model.visual.name == "resnet18"
-    assert config.data.transform.image_size == 64
+    assert config.data.transform.image_size == 32 and config.data.transform.color_jitter is None
     assert config.model.textual.width <= 256 and config.model.textual.layers == 1
