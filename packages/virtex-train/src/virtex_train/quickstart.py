@@ -3,7 +3,7 @@
 ``virtex-train pretrain`` without a CONFIG first calls :func:`ensure_builtin_data`: it writes
 the synthetic shapes dataset (``virtex_data.synth``) where the quickstart config expects it
 (``data/synth/`` under the working directory), trains its BPE vocabulary and converts both
-splits to LMDB; then it pretrains bicaptioning (ResNet-18, 64 px images, a 1-layer head) and
+splits to LMDB; then it pretrains bicaptioning (ResNet-18, 32 px images, a 1-layer head) and
 :func:`val_grounding` checks the model's greedy val captions against the scenes.
 """
 
