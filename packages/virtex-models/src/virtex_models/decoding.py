@@ -60,6 +60,12 @@ class DecoderConfig:
         compile: run the per-token step through ``torch.compile``
             (:func:`virtex_models.compiling.compile_decoding`; eager with one warning where
             compiling is not possible).
+        visual_bf16: the visual forward under bf16 autocast with ``channels_last`` inputs:
+            ``off`` (default: captions bit-identical on every machine), ``on``, or ``auto``
+            (on where the device has native bf16, :func:`virtex_models.precision.native_bf16`).
+            About 2x faster on such CPUs; captions change slightly (see the package README).
+        decoder_bf16: the decoder's matrix products in bf16 too (log-probabilities, scores and
+            the search stay float32); about 2x faster per token, captions change more.
     """
 
     mode: Literal["beam", "greedy", "nucleus", "legacy", "legacy_nucleus"] = "beam"
@@ -70,8 +76,14 @@ class DecoderConfig:
     top_p: float = 0.9
     temperature: float = 1.0
     compile: bool = False
+    visual_bf16: Literal["auto", "on", "off"] = "off"
+    decoder_bf16: bool = False
 
     def __post_init__(self) -> None:
+        if self.visual_bf16 not in ("auto", "on", "off"):
+            raise ValueError(
+                f"DecoderConfig.visual_bf16 must be auto, on or off, got {self.visual_bf16!r}"
+            )
         if self.beam_size < 1:
             raise ValueError(f"DecoderConfig.beam_size must be >= 1, got {self.beam_size}")
         if self.max_steps < 1:
