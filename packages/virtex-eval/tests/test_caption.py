@@ -29,6 +29,7 @@ from virtex_eval.images import (
     load_image_tensor,
 )
 from virtex_eval.spice import SpiceUnavailable, find_spice_jar, spice_score
+from virtex_models.precision import resolve_bf16
 
 
 # ----------------------------------------------------------------------------- images
@@ -278,7 +279,13 @@ def test_cli_coco_evaluation_writes_results_and_scores(tmp_path: Path) -> None:
     for name, value in expected.items():
         assert metrics[name] == pytest.approx(value, abs=1e-9), name
     assert metrics["num_images"] == 3
-    assert metrics["decoder"] == {"mode": "beam", "beam_size": 2, "max_steps": 12}
+    assert metrics["decoder"] == {
+        "mode": "beam",
+        "beam_size": 2,
+        "max_steps": 12,
+        "visual_bf16": resolve_bf16("auto", "cpu"),  # the command's default, resolved
+        "decoder_bf16": False,
+    }
     assert f"{metrics['CIDEr']:.4f}" in result.output and "BLEU-4" in result.output
     per_image = json.loads((tmp_path / "per_image.json").read_text())
     assert set(per_image) == {"100", "101", "102"}

@@ -42,6 +42,7 @@ from virtex_eval.images import (
 )
 from virtex_models.config import DEFAULT_KIND
 from virtex_models.objectives.captioning import Captioning
+from virtex_models.precision import resolve_bf16
 from virtex_models.pretrained import ModelSpec, Preprocessing, read_checkpoint_file
 from virtex_models.pretrained import read_checkpoint as read_model_checkpoint
 from virtex_models.registry import get_objective, objectives
@@ -153,10 +154,16 @@ class DecodeSettings:
             raise ValueError(f"visual_bf16 must be auto, on or off, got {self.visual_bf16!r}")
 
     def describe(self, objective: Captioning) -> dict[str, Any]:
-        """The settings actually used (defaults resolved from the objective's decoder)."""
+        """The settings actually used (defaults resolved from the objective's decoder, bf16
+        switches resolved for the objective's device)."""
         default = objective.decoder
         max_steps = self.max_steps or default.max_steps
-        precision = {"visual_bf16": self.visual_bf16, "decoder_bf16": self.decoder_bf16}
+        # The resolved switch: whether this run's visual forward was bf16 ("auto" says nothing).
+        device = next(objective.parameters()).device
+        precision = {
+            "visual_bf16": resolve_bf16(self.visual_bf16, device),
+            "decoder_bf16": self.decoder_bf16,
+        }
         if self.nucleus is not None:
             return {"mode": "nucleus", "top_p": self.nucleus, "max_steps": max_steps, **precision}
         if self.beam_size is not None:
