@@ -199,3 +199,22 @@ def test_cpu_native_bf16_reads_capability_and_cpu_flags(
         assert precision.cpu_has_native_bf16() is native
     finally:
         precision.cpu_has_native_bf16.cache_clear()
+
+
+def test_cpu_autocast_inference_attends_in_float32() -> None:
+    from virtex_models.textual import Attention
+
+    torch.manual_seed(0)
+    attention = Attention(32, 4, dropout=0.0).eval()
+    attention.out_proj = nn.Identity()  # type: ignore[assignment]  # see the product itself
+    q, k, v = (torch.randn(3, 4, n, 8).bfloat16() for n in (1, 6, 6))
+    # Independent: the attention product written out in float64.
+    scores = (q.double() @ k.double().transpose(-1, -2)) / 8**0.5
+    expected = (scores.softmax(-1) @ v.double()).transpose(1, 2).flatten(2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attention.attend(q, k, v)
+        attention.train()  # training keeps autocast's bf16 attention (fused kernels on GPU)
+        trained = attention.attend(q, k, v)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+    assert trained.dtype == torch.bfloat16

@@ -195,16 +195,18 @@ def beam_search(
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     sequences = torch.empty(rows, 0, dtype=torch.long, device=device)
     offsets = (torch.arange(images, device=device) * beams)[:, None]
+    frozen = torch.full((head.vocab_size,), float("-inf"), device=device)
+    frozen[pad] = 0.0
     for step in range(max_steps):
         logits, state = head.step(state, last)
         log_probs = _log_probs(logits)
         vocab = log_probs.shape[-1]
         if step < min_length:
             log_probs[:, eos] = float("-inf")
-        # A finished hypothesis can only be extended by pad, at no cost.
-        frozen = torch.full_like(log_probs[0], float("-inf"))
-        frozen[pad] = 0.0
-        log_probs = torch.where(finished[:, None], frozen, log_probs)
+        # A finished hypothesis can only be extended by pad, at no cost (rows rewritten in
+        # place, and only once some hypothesis has finished).
+        if bool(finished.any()):
+            log_probs[finished] = frozen
         candidates = (scores.reshape(rows, 1) + log_probs).reshape(images, beams * vocab)
         scores, chosen = candidates.topk(beams, dim=-1)
         parents = (offsets + torch.div(chosen, vocab, rounding_mode="floor")).reshape(rows)
@@ -332,15 +334,17 @@ def legacy_beam_search(
     state = state.restart(beam_size)
     offsets = (torch.arange(images, device=device) * beam_size)[:, None]
     arange_rows = torch.arange(rows, device=device)
+    after_end = torch.full((head.vocab_size,), float("-inf"), device=device)
+    after_end[eos] = 0.0
     for _ in range(max_steps - 1):
         if bool((last == eos).all()):
             break
         logits, state = head.step(state, last)
         log_probs = _log_probs(logits)
         log_probs[arange_rows, last] = LEGACY_REPEAT_LOGPROB
-        after_end = torch.full_like(log_probs[0], float("-inf"))
-        after_end[eos] = 0.0
-        log_probs = torch.where((last == eos)[:, None], after_end, log_probs)
+        ended = last == eos
+        if bool(ended.any()):
+            log_probs[ended] = after_end
         top_log_probs, top_tokens = log_probs.topk(2, dim=-1)  # (N, 2)
         candidates = (scores.reshape(rows, 1) + top_log_probs).reshape(images, 2 * beam_size)
         scores, chosen = candidates.topk(beam_size, dim=-1)
