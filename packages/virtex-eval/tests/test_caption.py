@@ -29,6 +29,7 @@ from virtex_eval.images import (
     load_image_tensor,
 )
 from virtex_eval.spice import SpiceUnavailable, find_spice_jar, spice_score
+from virtex_models import Captioning
 from virtex_models.precision import resolve_bf16
 
 
@@ -506,3 +507,38 @@ def test_csv_and_jsonl_references_read_like_coco(tmp_path: Path) -> None:
     (tmp_path / "bad.csv").write_text("image,text\na.png,x\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad.csv:2: needs 'image' and 'caption'"):
         read_coco_captions(tmp_path / "bad.csv")
+
+
+def test_cli_precision_switches_reach_generate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint, annotations, images = _coco_fixture(tmp_path)
+    seen: list[tuple[Any, Any]] = []
+    generate = Captioning.generate
+
+    def spy(self: Captioning, images: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        seen.append((kwargs.get("visual_bf16"), kwargs.get("decoder_bf16")))
+        return generate(self, images, **kwargs)
+
+    monkeypatch.setattr(Captioning, "generate", spy)
+    for flags, expected in (
+        ([], ("auto", False)),
+        (["--visual-bf16", "off"], ("off", False)),
+        (["--visual-bf16", "on", "--decoder-bf16"], ("on", True)),
+    ):
+        seen.clear()
+        result = CliRunner().invoke(
+            caption_command,
+            [
+                "--checkpoint", str(checkpoint), "--coco-captions", str(annotations),
+                "--images", str(images), "--output", str(tmp_path / "out.json"), *flags,
+            ],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert seen and set(seen) == {expected}, flags
+        metrics = json.loads((tmp_path / "out_metrics.json").read_text())["decoder"]
+        assert metrics["decoder_bf16"] is expected[1]
+        assert metrics["visual_bf16"] is resolve_bf16(expected[0], "cpu")
+    result = CliRunner().invoke(caption_command, ["--checkpoint", str(checkpoint), "x.jpg",
+                                                  "--visual-bf16", "yes"])  # fmt: skip
+    assert result.exit_code != 0 and "--visual-bf16" in result.output
