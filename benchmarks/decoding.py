@@ -8,6 +8,7 @@ through a self-attention key/value cache. [EOS] is suppressed so that every step
     python benchmarks/decoding.py            # R-50/H1024 and R-18/H512, 8 images, beam 5, 30 tokens
     python benchmarks/decoding.py --quick    # 1 image, 10 tokens (a smoke test)
     python benchmarks/decoding.py --end-to-end --repeats 5   # generate(): precisions x modes
+    python benchmarks/decoding.py --profile greedy   # torch.profiler: where a decode step goes
 
 Prints seconds per image (decoding only; the shared visual forward is reported apart) and the
 speed-up of the cached decoder; both decoders must return the same captions.
@@ -36,7 +37,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packages" / "virtex-models" / "src"))
 
 from virtex_models import Captioning, ModelConfig, TransformerTextualHead, VocabSpec
-from virtex_models.decoding import beam_search
+from virtex_models.decoding import DecoderConfig, beam_search
 
 VOCAB = VocabSpec(size=10000, pad=0, unk=1, sos=2, eos=3, mask=4)
 SETTINGS = {
@@ -190,6 +191,31 @@ def end_to_end(args: argparse.Namespace) -> None:
             )
 
 
+def profile_decoding(args: argparse.Namespace) -> None:
+    """torch.profiler table of one fp32 decode (``--profile greedy|beam|legacy``, 8 images)."""
+    from torch.profiler import profile
+
+    torch.manual_seed(0)
+    config = ModelConfig.from_dict(
+        {
+            "kind": "bicaptioning",
+            "visual": {"name": "resnet50"},
+            "textual": {"layers": 1, "width": 1024, "heads": 16, "ffn": 4096, "max_length": 30},
+        }
+    )
+    model = config.build(VOCAB).eval()
+    assert isinstance(model, Captioning)
+    kwargs = {"min_length": args.steps} if args.profile != "legacy" else {}
+    with torch.no_grad():
+        grid = model.visual(torch.randn(args.images, 3, args.size, args.size))
+        model._decode(grid, DecoderConfig(mode=args.profile, max_steps=2), None)  # warm-up
+        settings = DecoderConfig(mode=args.profile, max_steps=args.steps, **kwargs)
+        with profile() as profiler:
+            model._decode(grid, settings, None)
+    print(f"{args.profile}: {args.images} images, {args.steps} steps, fp32, {args.threads} threads")
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=8, help="images per run (default 8)")
@@ -204,12 +230,18 @@ def main() -> None:
     parser.add_argument(
         "--end-to-end", action="store_true", help="generate(): modes x fp32/bf16 (see above)"
     )
+    parser.add_argument(
+        "--profile", choices=["greedy", "beam", "legacy"], help="torch.profiler table of a decode"
+    )
     args = parser.parse_args()
     if args.quick:
         args.images, args.steps, args.repeats = 1, 10, 1
     torch.set_num_threads(args.threads)
     if args.end_to_end:
         end_to_end(args)
+        return
+    if args.profile:
+        profile_decoding(args)
         return
     print(
         f"beam {args.beams}, {args.steps} tokens ([EOS] suppressed), {args.images} images of "
