@@ -141,6 +141,11 @@ def test_bf16_runs_only_when_asked(model: Captioning, images: Tensor, no_native_
         out = model.generate(images, mode="greedy", max_steps=4, decoder_bf16=True)
         assert step.calls and all(enabled for enabled, _ in step.calls)
         assert out.dtype == torch.long and out.shape[0] == 3
+        step.calls.clear()
+        # A caller's own autocast (training-time validation) is left in force.
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model.generate(images, mode="greedy", max_steps=4)
+        assert step.calls and all(enabled for enabled, _ in step.calls)
     finally:
         visual.handle.remove()
         step.handle.remove()

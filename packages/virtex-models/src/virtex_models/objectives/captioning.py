@@ -209,9 +209,11 @@ class Captioning(ObjectiveModule):
         )
         bf16_decoder = config.decoder_bf16 if decoder_bf16 is None else decoder_bf16
         grid = self.visual_grid(images, bf16=bf16_visual)
+        if not bf16_decoder:  # a caller's own autocast (training-time validation) still applies
+            return self._decode(grid, settings, generator)
         # One autocast context for the whole search: its weight-cast cache converts each
         # decoder weight to bf16 once, not once per token.
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16_decoder):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16):
             return self._decode(grid, settings, generator)
 
     @torch.no_grad()
