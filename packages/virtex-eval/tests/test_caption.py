@@ -29,6 +29,8 @@ from virtex_eval.images import (
     load_image_tensor,
 )
 from virtex_eval.spice import SpiceUnavailable, find_spice_jar, spice_score
+from virtex_models import Captioning
+from virtex_models.precision import resolve_bf16
 
 
 # ----------------------------------------------------------------------------- images
@@ -148,7 +150,9 @@ def test_decode_matches_generate_and_tokenizer(tmp_path: Path) -> None:
     tokens = captioner.objective.generate(images, mode="greedy", max_steps=12)
     eos = tok.special.eos
     by_hand = [tok.decode(row[: row.index(eos)] if eos in row else row) for row in tokens.tolist()]
-    assert captioner.caption_tensors(images, DecodeSettings(beam_size=1)) == by_hand
+    # generate() defaults to an fp32 visual forward; the captioner's "auto" may pick bf16.
+    settings = DecodeSettings(beam_size=1, visual_bf16="off")
+    assert captioner.caption_tensors(images, settings) == by_hand
 
 
 def test_non_captioning_checkpoint_is_refused() -> None:
@@ -276,7 +280,13 @@ def test_cli_coco_evaluation_writes_results_and_scores(tmp_path: Path) -> None:
     for name, value in expected.items():
         assert metrics[name] == pytest.approx(value, abs=1e-9), name
     assert metrics["num_images"] == 3
-    assert metrics["decoder"] == {"mode": "beam", "beam_size": 2, "max_steps": 12}
+    assert metrics["decoder"] == {
+        "mode": "beam",
+        "beam_size": 2,
+        "max_steps": 12,
+        "visual_bf16": resolve_bf16("auto", "cpu"),  # the command's default, resolved
+        "decoder_bf16": False,
+    }
     assert f"{metrics['CIDEr']:.4f}" in result.output and "BLEU-4" in result.output
     per_image = json.loads((tmp_path / "per_image.json").read_text())
     assert set(per_image) == {"100", "101", "102"}
@@ -497,3 +507,38 @@ def test_csv_and_jsonl_references_read_like_coco(tmp_path: Path) -> None:
     (tmp_path / "bad.csv").write_text("image,text\na.png,x\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad.csv:2: needs 'image' and 'caption'"):
         read_coco_captions(tmp_path / "bad.csv")
+
+
+def test_cli_precision_switches_reach_generate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint, annotations, images = _coco_fixture(tmp_path)
+    seen: list[tuple[Any, Any]] = []
+    generate = Captioning.generate
+
+    def spy(self: Captioning, images: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        seen.append((kwargs.get("visual_bf16"), kwargs.get("decoder_bf16")))
+        return generate(self, images, **kwargs)
+
+    monkeypatch.setattr(Captioning, "generate", spy)
+    for flags, expected in (
+        ([], ("auto", False)),
+        (["--visual-bf16", "off"], ("off", False)),
+        (["--visual-bf16", "on", "--decoder-bf16"], ("on", True)),
+    ):
+        seen.clear()
+        result = CliRunner().invoke(
+            caption_command,
+            [
+                "--checkpoint", str(checkpoint), "--coco-captions", str(annotations),
+                "--images", str(images), "--output", str(tmp_path / "out.json"), *flags,
+            ],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert seen and set(seen) == {expected}, flags
+        metrics = json.loads((tmp_path / "out_metrics.json").read_text())["decoder"]
+        assert metrics["decoder_bf16"] is expected[1]
+        assert metrics["visual_bf16"] is resolve_bf16(expected[0], "cpu")
+    result = CliRunner().invoke(caption_command, ["--checkpoint", str(checkpoint), "x.jpg",
+                                                  "--visual-bf16", "yes"])  # fmt: skip
+    assert result.exit_code != 0 and "--visual-bf16" in result.output

@@ -42,6 +42,7 @@ from virtex_eval.images import (
 )
 from virtex_models.config import DEFAULT_KIND
 from virtex_models.objectives.captioning import Captioning
+from virtex_models.precision import resolve_bf16
 from virtex_models.pretrained import ModelSpec, Preprocessing, read_checkpoint_file
 from virtex_models.pretrained import read_checkpoint as read_model_checkpoint
 from virtex_models.registry import get_objective, objectives
@@ -127,12 +128,18 @@ class DecodeSettings:
         nucleus: top-p of nucleus sampling (exclusive with ``beam_size``).
         max_steps: most tokens (``None``: the checkpoint's default).
         seed: random seed of nucleus sampling.
+        visual_bf16: the visual forward in bf16 with ``channels_last`` inputs: ``auto``
+            (default: where the device has native bf16, e.g. AVX512_BF16/AMX CPUs, CUDA),
+            ``on`` or ``off`` (fp32: captions bit-identical to the fp32 model's).
+        decoder_bf16: the decoder's matrix products in bf16 too (faster, captions change more).
     """
 
     beam_size: int | None = None
     nucleus: float | None = None
     max_steps: int | None = None
     seed: int = 0
+    visual_bf16: str = "auto"
+    decoder_bf16: bool = False
 
     def __post_init__(self) -> None:
         if self.beam_size is not None and self.nucleus is not None:
@@ -143,17 +150,31 @@ class DecodeSettings:
             raise ValueError(f"nucleus must be in (0, 1], got {self.nucleus}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.visual_bf16 not in ("auto", "on", "off"):
+            raise ValueError(f"visual_bf16 must be auto, on or off, got {self.visual_bf16!r}")
 
     def describe(self, objective: Captioning) -> dict[str, Any]:
-        """The settings actually used (defaults resolved from the objective's decoder)."""
+        """The settings actually used (defaults resolved from the objective's decoder, bf16
+        switches resolved for the objective's device)."""
         default = objective.decoder
         max_steps = self.max_steps or default.max_steps
+        # The resolved switch: whether this run's visual forward was bf16 ("auto" says nothing).
+        device = next(objective.parameters()).device
+        precision = {
+            "visual_bf16": resolve_bf16(self.visual_bf16, device),
+            "decoder_bf16": self.decoder_bf16,
+        }
         if self.nucleus is not None:
-            return {"mode": "nucleus", "top_p": self.nucleus, "max_steps": max_steps}
+            return {"mode": "nucleus", "top_p": self.nucleus, "max_steps": max_steps, **precision}
         if self.beam_size is not None:
             mode = "greedy" if self.beam_size == 1 else "beam"
-            return {"mode": mode, "beam_size": self.beam_size, "max_steps": max_steps}
-        return {"mode": default.mode, "beam_size": default.beam_size, "max_steps": max_steps}
+            return {"mode": mode, "beam_size": self.beam_size, "max_steps": max_steps, **precision}
+        return {
+            "mode": default.mode,
+            "beam_size": default.beam_size,
+            "max_steps": max_steps,
+            **precision,
+        }
 
 
 class Captioner:
@@ -207,7 +228,10 @@ class Captioner:
     ) -> list[str]:
         """Captions of normalised ``images (B, 3, S, S)``."""
         self._check_steps(settings)
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {
+            "visual_bf16": settings.visual_bf16,
+            "decoder_bf16": settings.decoder_bf16,
+        }
         if settings.max_steps is not None:
             kwargs["max_steps"] = settings.max_steps
         if settings.nucleus is not None:

@@ -60,6 +60,12 @@ class DecoderConfig:
         compile: run the per-token step through ``torch.compile``
             (:func:`virtex_models.compiling.compile_decoding`; eager with one warning where
             compiling is not possible).
+        visual_bf16: the visual forward under bf16 autocast with ``channels_last`` inputs:
+            ``off`` (default: captions bit-identical on every machine), ``on``, or ``auto``
+            (on where the device has native bf16, :func:`virtex_models.precision.native_bf16`).
+            About 2x faster on such CPUs; captions change slightly (see the package README).
+        decoder_bf16: the decoder's matrix products in bf16 too (log-probabilities, scores and
+            the search stay float32); about 2x faster per token, captions change more.
     """
 
     mode: Literal["beam", "greedy", "nucleus", "legacy", "legacy_nucleus"] = "beam"
@@ -70,8 +76,14 @@ class DecoderConfig:
     top_p: float = 0.9
     temperature: float = 1.0
     compile: bool = False
+    visual_bf16: Literal["auto", "on", "off"] = "off"
+    decoder_bf16: bool = False
 
     def __post_init__(self) -> None:
+        if self.visual_bf16 not in ("auto", "on", "off"):
+            raise ValueError(
+                f"DecoderConfig.visual_bf16 must be auto, on or off, got {self.visual_bf16!r}"
+            )
         if self.beam_size < 1:
             raise ValueError(f"DecoderConfig.beam_size must be >= 1, got {self.beam_size}")
         if self.max_steps < 1:
@@ -183,16 +195,18 @@ def beam_search(
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     sequences = torch.empty(rows, 0, dtype=torch.long, device=device)
     offsets = (torch.arange(images, device=device) * beams)[:, None]
+    frozen = torch.full((head.vocab_size,), float("-inf"), device=device)
+    frozen[pad] = 0.0
     for step in range(max_steps):
         logits, state = head.step(state, last)
         log_probs = _log_probs(logits)
         vocab = log_probs.shape[-1]
         if step < min_length:
             log_probs[:, eos] = float("-inf")
-        # A finished hypothesis can only be extended by pad, at no cost.
-        frozen = torch.full_like(log_probs[0], float("-inf"))
-        frozen[pad] = 0.0
-        log_probs = torch.where(finished[:, None], frozen, log_probs)
+        # A finished hypothesis can only be extended by pad, at no cost (rows rewritten in
+        # place, and only once some hypothesis has finished).
+        if bool(finished.any()):
+            log_probs[finished] = frozen
         candidates = (scores.reshape(rows, 1) + log_probs).reshape(images, beams * vocab)
         scores, chosen = candidates.topk(beams, dim=-1)
         parents = (offsets + torch.div(chosen, vocab, rounding_mode="floor")).reshape(rows)
@@ -320,15 +334,17 @@ def legacy_beam_search(
     state = state.restart(beam_size)
     offsets = (torch.arange(images, device=device) * beam_size)[:, None]
     arange_rows = torch.arange(rows, device=device)
+    after_end = torch.full((head.vocab_size,), float("-inf"), device=device)
+    after_end[eos] = 0.0
     for _ in range(max_steps - 1):
         if bool((last == eos).all()):
             break
         logits, state = head.step(state, last)
         log_probs = _log_probs(logits)
         log_probs[arange_rows, last] = LEGACY_REPEAT_LOGPROB
-        after_end = torch.full_like(log_probs[0], float("-inf"))
-        after_end[eos] = 0.0
-        log_probs = torch.where((last == eos)[:, None], after_end, log_probs)
+        ended = last == eos
+        if bool(ended.any()):
+            log_probs[ended] = after_end
         top_log_probs, top_tokens = log_probs.topk(2, dim=-1)  # (N, 2)
         candidates = (scores.reshape(rows, 1) + top_log_probs).reshape(images, 2 * beam_size)
         scores, chosen = candidates.topk(beam_size, dim=-1)

@@ -12,6 +12,7 @@ from torch import Tensor
 from virtex_models import decoding
 from virtex_models.compiling import compile_decoding
 from virtex_models.decoding import DecoderConfig
+from virtex_models.precision import resolve_bf16
 from virtex_models.protocols import (
     IGNORE_INDEX,
     CaptionInputs,
@@ -161,6 +162,8 @@ class Captioning(ObjectiveModule):
         nucleus: float | None = None,
         temperature: float | None = None,
         generator: torch.Generator | None = None,
+        visual_bf16: str | bool | None = None,
+        decoder_bf16: bool | None = None,
     ) -> Tensor:
         """Captions of ``images (B, 3, H, W)`` as token ids ``(B, T)`` int64 (no ``[SOS]``).
 
@@ -179,6 +182,9 @@ class Captioning(ObjectiveModule):
             nucleus: top-p for ``nucleus`` and ``legacy_nucleus``.
             temperature: for ``nucleus``.
             generator: random source for ``nucleus`` and ``legacy_nucleus``.
+            visual_bf16: ``auto``/``on``/``off`` (or a bool): the visual forward in bf16
+                (:attr:`DecoderConfig.visual_bf16`).
+            decoder_bf16: the decoder's products in bf16 (:attr:`DecoderConfig.decoder_bf16`).
         """
         config = self.decoder
         if mode is None:
@@ -198,7 +204,32 @@ class Captioning(ObjectiveModule):
             raise ValueError(f"unknown decoding mode {settings.mode!r}")
         if config.compile:  # once: later calls find the compiled step installed
             compile_decoding(self, device=images.device)
-        grid = self.visual(images)
+        bf16_visual = resolve_bf16(
+            config.visual_bf16 if visual_bf16 is None else visual_bf16, images.device
+        )
+        bf16_decoder = config.decoder_bf16 if decoder_bf16 is None else decoder_bf16
+        grid = self.visual_grid(images, bf16=bf16_visual)
+        if not bf16_decoder:  # a caller's own autocast (training-time validation) still applies
+            return self._decode(grid, settings, generator)
+        # One autocast context for the whole search: its weight-cast cache converts each
+        # decoder weight to bf16 once, not once per token.
+        with torch.autocast(images.device.type, dtype=torch.bfloat16):
+            return self._decode(grid, settings, generator)
+
+    @torch.no_grad()
+    def visual_grid(self, images: Tensor, *, bf16: bool = False) -> Tensor:
+        """The backbone's float32 grid of ``images (B, 3, H, W)``; ``bf16``: computed under
+        bf16 autocast with ``channels_last`` inputs (convolutions in bf16, on native-bf16
+        hardware about twice as fast), returned as a contiguous float32 grid."""
+        if not bf16:
+            return self.visual(images)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16):
+            grid = self.visual(images.contiguous(memory_format=torch.channels_last))
+        return grid.float().contiguous()
+
+    def _decode(
+        self, grid: Tensor, settings: DecoderConfig, generator: torch.Generator | None
+    ) -> Tensor:
         vocab = self.vocab
         special: dict[str, Any] = {"sos": vocab.sos, "eos": vocab.eos}
         if settings.mode == "legacy":
