@@ -182,6 +182,12 @@ def test_captions_use_the_image(ablation: dict[str, Any]) -> None:
         # about the image, not only the language prior.
         assert result["grounded"] > result["grounded_shuffled"] + 0.05, result
         assert result["CIDEr"] > 0.3, result  # measured 0.59, 0.61
+        # The quickstart's grounding check (virtex_data.synth_grounding) on this smaller
+        # budget (9,600 images seen; the quickstart sees 38,400): the greedy captions name the
+        # largest object's colour more often than the shuffled captions do (measured 0.32 vs
+        # 0.14 and 0.35 vs 0.18), in varied captions (measured 44 and 49 distinct of 500).
+        assert result["largest_colour"] > result["largest_colour_shuffled"] + 0.08, result
+        assert result["distinct_captions"] >= 20, result
 
 
 def test_grounding_checks_by_hand() -> None:
