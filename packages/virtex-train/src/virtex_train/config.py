@@ -363,7 +363,7 @@ def quickstart_config() -> ExperimentConfig:
         train=TrainConfig(
             num_steps=1200,
             batch_size=32,
-            num_workers=1,
+            num_workers=0,  # a loader process costs more than it saves on 2 cores
             log_every=20,
             checkpoint_every=400,
             keep_last=2,
