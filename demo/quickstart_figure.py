@@ -68,8 +68,9 @@ def main(run_dir: Path, data_dir: Path, output: Path, images: int) -> None:
         picture = Image.open(files[image_id]).convert("RGB")
         sheet.paste(picture.resize((TILE - 8, TILE - 8), Image.Resampling.NEAREST), (x + 4, y + 4))
         record = by_id[image_id]
+        count = int(record["num_objects"])
         facts = (
-            f"[{record['num_objects']} objects; largest {record['largest_colour']} "
+            f"[{count} object{'s' if count != 1 else ''}; largest {record['largest_colour']} "
             f"{record['largest_shape']}]"
         )
         lines = _wrap(captions[image_id], 30)[:3] + [facts]
