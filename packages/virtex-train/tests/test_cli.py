@@ -41,6 +41,8 @@ TINY = [
     "train.sample_captions=2",
     "train.checkpoint_every=2",
     "train.num_steps=4",
+    # The quickstart runs without Lookahead; these runs keep it, so that its state is checked.
+    "optim.lookahead.enabled=true",
 ]
 
 
@@ -94,10 +96,11 @@ def test_pretrain_writes_the_run_directory_and_resumes(config_file: Path, tmp_pa
         checkpoint
     )
     assert "lookahead" in checkpoint["optimizer"]
-    # Evaluation's preprocessing as typed fields: the config's 32 px and ImageNet statistics.
+    # Evaluation's preprocessing as typed fields: the config's 32 px, its eval resize (the
+    # quickstart's 32: the whole image) and ImageNet statistics.
     assert checkpoint["preprocessing"] == {
         "image_size": 32,
-        "eval_resize": None,
+        "eval_resize": 32,
         "mean": [0.485, 0.456, 0.406],
         "std": [0.229, 0.224, 0.225],
     }

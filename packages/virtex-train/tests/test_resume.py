@@ -109,6 +109,7 @@ def test_pretrain_resume_matches_straight_run(
             "model.textual.ffn=64",
             "model.decoder.beam_size=2",
             "model.decoder.max_steps=5",
+            "optim.lookahead.enabled=true",  # not the quickstart's: exact resume covers it
             "optim.lookahead.steps=2",
             "optim.schedule.warmup_steps=2",
             "train.batch_size=4",

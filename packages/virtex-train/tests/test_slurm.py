@@ -416,6 +416,7 @@ def test_dry_run_prints_the_batch_script_and_submits_nothing(tmp_path: Path) -> 
     out = tmp_path / "run"
     args = [
         "train.batch_size=64",
+        "train.num_workers=1",  # a CPU per loader process, plus one
         "--output-dir",
         str(out),
         "--nodes",
