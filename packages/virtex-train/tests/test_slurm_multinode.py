@@ -138,6 +138,10 @@ def overrides(data: TinyData) -> list[str]:
         "train.val_every=0",
         "train.log_every=1",
         "train.precision=fp32",
+        # The settings this equivalence was measured with (the quickstart has since dropped
+        # Lookahead): Lookahead halves each step's distance, and the ulp-level differences of
+        # another summation order with it.
+        "optim.lookahead.enabled=true",
     ]
 
 
