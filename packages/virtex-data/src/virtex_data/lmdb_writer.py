@@ -122,6 +122,20 @@ def _outcomes(jobs: list[_Job], workers: int) -> Iterator[_Outcome]:
         yield from pool.imap(_process, jobs, chunksize=16)
 
 
+def _record_or_skip(outcome: _Outcome, strict: bool, skipped: list[dict[str, Any]]) -> bytes | None:
+    """``outcome``'s record, or ``None`` when its image has none: it is then noted in
+    ``skipped`` (``strict``: a :class:`BuildError` instead). Shared by the LMDB and the shard
+    writers."""
+    if outcome.record is not None:
+        return outcome.record
+    if strict:
+        raise BuildError(f"image {outcome.image_id} ({outcome.file_name}): {outcome.reason}")
+    skipped.append(
+        {"image_id": outcome.image_id, "file": outcome.file_name, "reason": outcome.reason}
+    )
+    return None
+
+
 def _map_size(source: CaptionSource, image_dir: Path) -> int:
     total = 0
     for item in source.images:
@@ -224,20 +238,10 @@ def build_lmdb(
                         f"image {outcome.image_id} ({outcome.file_name}): a caption that is "
                         "not a string (null, number or list)"
                     )
-            if outcome.record is None:
-                if strict:
-                    raise BuildError(
-                        f"image {outcome.image_id} ({outcome.file_name}): {outcome.reason}"
-                    )
-                skipped.append(
-                    {
-                        "image_id": outcome.image_id,
-                        "file": outcome.file_name,
-                        "reason": outcome.reason,
-                    }
-                )
+            record_bytes = _record_or_skip(outcome, strict, skipped)
+            if record_bytes is None:
                 continue
-            txn.put(record_key(len(image_ids)), outcome.record)
+            txn.put(record_key(len(image_ids)), record_bytes)
             image_ids.append(outcome.image_id)
             if outcome.converted_from:
                 converted[outcome.converted_from] += 1

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from virtex_data.image_codec import max_image_pixels
 from virtex_data.lmdb_format import decode_record
-from virtex_data.lmdb_writer import BuildError, _outcomes
+from virtex_data.lmdb_writer import BuildError, _outcomes, _record_or_skip
 from virtex_data.normalize import NORMALIZATION_VERSION
 from virtex_data.sources import read_captions
 
@@ -132,20 +132,10 @@ def build_shards(
                     dropped.append({"image_id": outcome.image_id, "count": count, "reason": reason})
                     if strict:
                         raise BuildError(f"image {outcome.image_id}: caption {reason}")
-            if outcome.record is None:
-                if strict:
-                    raise BuildError(
-                        f"image {outcome.image_id} ({outcome.file_name}): {outcome.reason}"
-                    )
-                skipped.append(
-                    {
-                        "image_id": outcome.image_id,
-                        "file": outcome.file_name,
-                        "reason": outcome.reason,
-                    }
-                )
+            record_bytes = _record_or_skip(outcome, strict, skipped)
+            if record_bytes is None:
                 continue
-            record = decode_record(outcome.record)
+            record = decode_record(record_bytes)
             meta = {
                 "image_id": record.image_id,
                 "file_name": record.file_name,
