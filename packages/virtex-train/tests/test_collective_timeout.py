@@ -47,7 +47,7 @@ def test_peer_failures_are_told_from_other_errors() -> None:
 
 WORKER = textwrap.dedent(
     """
-    import os, signal, sys, time
+    import os, signal, time
     import torch
     from virtex_train import distributed
 
@@ -62,8 +62,11 @@ WORKER = textwrap.dedent(
         except RuntimeError as error:
             waited = time.monotonic() - started
             peer = distributed.is_peer_failure(error)
-            print(f"FAILED step={step} waited={waited:.2f} peer={peer}")
-            sys.exit(3)
+            print(f"FAILED step={step} waited={waited:.2f} peer={peer}", flush=True)
+            # os._exit, not sys.exit: the process group still holds the failed operation,
+            # and its worker thread can abort the interpreter's normal shutdown (SIGABRT,
+            # "terminate called without an active exception"), which would hide the code.
+            os._exit(3)
     """
 )
 
