@@ -33,7 +33,9 @@ def test_every_layout_matches_distributed_sampler(
 ) -> None:
     data = list(range(length))
     for rank in range(replicas):
-        ours = ResumableSampler(length, replicas, rank, shuffle=shuffle, seed=5, drop_last=drop_last)
+        ours = ResumableSampler(
+            length, replicas, rank, shuffle=shuffle, seed=5, drop_last=drop_last
+        )
         theirs = DistributedSampler(
             data,  # type: ignore[arg-type]
             replicas,
