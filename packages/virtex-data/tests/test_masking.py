@@ -18,6 +18,7 @@ from virtex_data.datasets import (
     MaskedLMDataset,
     MaskingConfig,
     MultilabelDataset,
+    TokenClassificationDataset,
     mask_tokens,
 )
 from virtex_data.lmdb_reader import LmdbReader
@@ -123,3 +124,18 @@ def test_multilabel_names_images_missing_from_the_instances(
     assert dataset.num_classes == len(
         json.loads(synth_data["train_instances"].read_text())["categories"]
     )
+
+
+def test_every_dataset_keeps_30_tokens_and_random_captions_by_default(
+    synth_data: dict[str, Path], tokenizer: CaptionTokenizer
+) -> None:
+    long_caption = " ".join(["circle"] * 40)
+    datasets = [
+        CaptioningDataset(**_parts(synth_data, tokenizer)),  # type: ignore[arg-type]
+        MaskedLMDataset(**_parts(synth_data, tokenizer)),  # type: ignore[arg-type]
+        TokenClassificationDataset(**_parts(synth_data, tokenizer)),  # type: ignore[arg-type]
+        MultilabelDataset(**_parts(synth_data, tokenizer), instances=synth_data["train_instances"]),  # type: ignore[arg-type]
+    ]
+    for dataset in datasets:
+        assert len(dataset.tokenize(long_caption)) == 30, type(dataset).__name__
+        assert dataset.random_caption is True
