@@ -139,3 +139,28 @@ def test_every_dataset_keeps_30_tokens_and_random_captions_by_default(
     for dataset in datasets:
         assert len(dataset.tokenize(long_caption)) == 30, type(dataset).__name__
         assert dataset.random_caption is True
+
+
+def test_multi_hot_targets_are_zero_or_one(
+    synth_data: dict[str, Path], tokenizer: CaptionTokenizer
+) -> None:
+    special = set(tokenizer.special.as_dict().values())
+    tokens_dataset = TokenClassificationDataset(**_parts(synth_data, tokenizer))  # type: ignore[arg-type]
+    for index in range(3):
+        sample = tokens_dataset[index]
+        expected = torch.zeros(tokenizer.vocab_size)
+        for token in set(sample.tokens.tolist()) - special:
+            expected[token] = 1.0
+        assert sample.target is not None and torch.equal(sample.target, expected)
+    instances = json.loads(synth_data["train_instances"].read_text())
+    categories = sorted(c["id"] for c in instances["categories"])
+    labels_dataset = MultilabelDataset(
+        **_parts(synth_data, tokenizer), instances=synth_data["train_instances"]
+    )  # type: ignore[arg-type]
+    for index in range(3):
+        sample = labels_dataset[index]
+        expected = torch.zeros(len(categories))
+        for annotation in instances["annotations"]:
+            if annotation["image_id"] == sample.image_id:
+                expected[categories.index(annotation["category_id"])] = 1.0
+        assert sample.target is not None and torch.equal(sample.target, expected)

@@ -202,3 +202,9 @@ def test_advance_accumulates_from_where_the_iteration_started() -> None:
     assert resumed.state_dict()["position"] == 1
     resumed.advance(1)
     assert resumed.state_dict()["position"] == 1
+
+
+def test_advance_before_the_first_iteration_counts_from_the_epoch_start() -> None:
+    sampler = ResumableSampler(10, 2, 0, seed=1)
+    sampler.advance(3)
+    assert sampler.state_dict()["position"] == 3
