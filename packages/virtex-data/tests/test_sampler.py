@@ -208,3 +208,8 @@ def test_advance_before_the_first_iteration_counts_from_the_epoch_start() -> Non
     sampler = ResumableSampler(10, 2, 0, seed=1)
     sampler.advance(3)
     assert sampler.state_dict()["position"] == 3
+
+
+def test_default_seed_is_distributed_samplers() -> None:
+    theirs = DistributedSampler(list(range(12)), 3, 1)  # type: ignore[arg-type]
+    assert list(ResumableSampler(12, 3, 1)) == list(theirs)
