@@ -76,7 +76,8 @@ def test_random_replacements_draw_the_whole_pool(
 ) -> None:
     """``words``: every id but the specials; ``any``: every id (the original's)."""
     masking = MaskingConfig(procedure="bernoulli", proportion=1.0, mask=0.0, random=1.0, keep=0.0)
-    masking.random_pool = pool  # type: ignore[assignment]
+    # A name read from a config file at run time: equal to the literal, not the same object.
+    masking.random_pool = "".join(list(pool))  # type: ignore[assignment]
     dataset = MaskedLMDataset(**_parts(synth_data, tokenizer), masking=masking)  # type: ignore[arg-type]
     special = set(tokenizer.special.as_dict().values())
     expected = set(range(tokenizer.vocab_size))
@@ -164,3 +165,17 @@ def test_multi_hot_targets_are_zero_or_one(
             if annotation["image_id"] == sample.image_id:
                 expected[categories.index(annotation["category_id"])] = 1.0
         assert sample.target is not None and torch.equal(sample.target, expected)
+
+
+def test_procedure_read_at_run_time_is_honoured() -> None:
+    # "original" built at run time (as when read from a config file): equal to, not identical
+    # with, the literal. With mask=0 and 3 chosen positions of 20 words, the original procedure
+    # replaces them and labels none; BERT's would label all 3.
+    name = "".join(["orig", "inal"])
+    config = MaskingConfig(procedure=name, mask=0.0, random=1.0, keep=0.0)  # type: ignore[arg-type]
+    tokens = torch.tensor([2, *range(100, 120), 3])
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        inputs, labels = mask_tokens(tokens, config, MASK_ID, torch.arange(5, 9), generator)
+        assert (labels == IGNORE_INDEX).all()
+        assert int((inputs != tokens).sum()) == 3
