@@ -67,3 +67,98 @@ def test_one_process_returns_rows_as_they_are() -> None:
     value = torch.tensor([2.0])
     summed = all_reduce_sum(value, DistEnv())
     assert summed.item() == 2.0 and summed is not value
+
+
+# ----------------------------------------------------------------------------- which device
+# NCCL (the backend init_distributed picks for a CUDA device) gathers only CUDA tensors; gloo
+# (picked for every other device) only CPU tensors. Without GPUs, a tensor "moved" to a
+# non-CPU device by ``.to(device)`` becomes one of these stand-ins (a CPU tensor of a subclass
+# that survives torch operations, as a device does), and ``.cpu()`` / ``.to(cpu)`` turns it back.
+class _OnDevice(torch.Tensor):
+    kind = ""
+
+
+class _OnCuda(_OnDevice):
+    kind = "cuda"
+
+
+class _OnMps(_OnDevice):
+    kind = "mps"
+
+
+_STAND_INS: dict[str, type[_OnDevice]] = {"cuda": _OnCuda, "mps": _OnMps}
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    return torch.Tensor.clone(tensor).as_subclass(torch.Tensor)
+
+
+def _where(tensor: torch.Tensor) -> str:
+    return tensor.kind if isinstance(tensor, _OnDevice) else tensor.device.type
+
+
+@pytest.fixture
+def fake_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Tensor.to(device)`` / ``Tensor.cpu()`` move between CPU and the stand-in devices."""
+    original_to, original_cpu = torch.Tensor.to, torch.Tensor.cpu
+
+    def to(self: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        targets = [a for a in (*args, kwargs.get("device")) if isinstance(a, torch.device | str)]
+        if targets:
+            device = torch.device(targets[0])  # type: ignore[arg-type]
+            if device.type != "cpu":
+                return _plain(self).as_subclass(_STAND_INS[device.type])
+            if isinstance(self, _OnDevice):
+                return _plain(self)
+        return original_to(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    def cpu(self: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        return _plain(self) if isinstance(self, _OnDevice) else original_cpu(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    monkeypatch.setattr(torch.Tensor, "cpu", cpu)
+
+
+def _backend_check(device: torch.device, tensors: list[torch.Tensor]) -> None:
+    """Raise as the backend ``init_distributed`` picks for ``device`` does on a wrong tensor."""
+    wanted = "cuda" if device.type == "cuda" else "cpu"
+    where = {_where(t) for t in tensors}
+    if where != {wanted}:
+        backend = "NCCL" if wanted == "cuda" else "gloo"
+        raise RuntimeError(f"{backend} takes {wanted} tensors, got {sorted(where)}")
+
+
+@pytest.mark.usefixtures("fake_devices")
+@pytest.mark.parametrize("device_type", ["cuda", "mps", "cpu"])
+@pytest.mark.parametrize("rank", [0, 1])
+def test_collectives_get_tensors_on_the_backends_device(
+    monkeypatch: pytest.MonkeyPatch, device_type: str, rank: int
+) -> None:
+    device = torch.device(device_type)
+    ctx = DistEnv(rank=rank, world_size=WORLD, device=device)
+    shards = [ROWS[shard_indices(TOTAL, r, WORLD)] for r in range(WORLD)]
+    handed: list[str] = []
+
+    def all_gather(parts: list[torch.Tensor], wire: torch.Tensor) -> None:
+        _backend_check(device, [wire, *parts])
+        handed.append(_where(wire))
+        for part, shard in zip(parts, shards, strict=True):  # what each rank sent
+            part.zero_()
+            part[: len(shard)] = shard
+
+    def all_reduce(wire: torch.Tensor) -> None:
+        _backend_check(device, [wire])
+        handed.append(_where(wire))
+        wire += 10.0  # the other rank's value
+
+    monkeypatch.setattr(dist, "all_gather", all_gather)
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    gathered = gather_rows(shards[rank], TOTAL, ctx)
+    value = torch.tensor([float(rank + 1)])
+    summed = all_reduce_sum(value, ctx)
+    wanted = "cuda" if device_type == "cuda" else "cpu"
+    assert handed == [wanted, wanted]
+    # Results come back on the inputs' device (plain CPU tensors here), in dataset order.
+    assert type(gathered) is torch.Tensor and torch.equal(gathered, ROWS)
+    assert type(summed) is torch.Tensor and summed.tolist() == [rank + 11.0]
+    assert value.tolist() == [rank + 1.0]
