@@ -37,6 +37,20 @@ def _cosmic_ray(*args: str, env: dict[str, str]) -> None:
     subprocess.run([sys.executable, "-m", "cosmic_ray.cli", *args], check=True, env=env, cwd=ROOT)
 
 
+def _check_imports_here(module: Path, python: str, env: dict[str, str]) -> None:
+    """Fail unless ``python`` (with ``env``) imports ``module`` from this checkout: an environment
+    whose editable installs point at another checkout would test unmutated sources, and every
+    mutant would "survive"."""
+    src = next(parent for parent in module.parents if parent.name == "src")
+    name = ".".join(module.relative_to(src).with_suffix("").parts)
+    found = subprocess.run(
+        [python, "-c", f"import importlib.util; print(importlib.util.find_spec({name!r}).origin)"],
+        check=True, env=env, cwd=ROOT, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    if Path(found).resolve() != module.resolve():
+        raise SystemExit(f"{python} imports {name} from {found}, not from {module}")
+
+
 def _skip_outside(session: Path, functions: set[str]) -> tuple[int, int]:
     """Mark as skipped the mutants outside ``functions`` or of an excluded operator."""
     from cosmic_ray.work_db import use_db
@@ -124,6 +138,7 @@ def run_target(
         '[cosmic-ray.distributor]\nname = "local"\n',
         encoding="utf-8",
     )
+    _check_imports_here(module, python, env)
     start = time.perf_counter()
     try:
         if survivors:
