@@ -461,3 +461,11 @@ def test_lookahead_state_without_base_state_and_zero_grad() -> None:
     other.grad = torch.ones(1)
     resumed.step()  # fast 2; slow 4 + 0.5 * (2 - 4) = 3
     assert other.tolist() == [3.0]
+
+
+def test_optimizer_kind_parsed_at_run_time() -> None:
+    # A kind read from a config file is a new string object equal to the literal.
+    model = nn.Linear(2, 2)
+    for kind, expected in (("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)):
+        cfg = OptimConfig(kind=json.loads(f'"{kind}"'), lookahead=LookaheadConfig(enabled=False))
+        assert type(build_optimizer(model, cfg)) is expected, kind

@@ -278,8 +278,6 @@ class ValidationHook(Hook):
     ) -> None:
         if every < 1:
             raise ValueError(f"train.val_every must be >= 1, got {every}")
-        if max_batches is not None and max_batches < 0:
-            raise ValueError(f"train.val_batches must be >= 0 or null, got {max_batches}")
         self.loader = loader
         self.log = log
         self.every = every
