@@ -141,14 +141,16 @@ def test_validation_of_one_image_and_of_none(tmp_path: Path) -> None:
 def test_validation_logs_its_duration_from_the_clock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A fake clock read once at the start (100.0 s) and once before logging (102.5 s).
-    readings = iter([100.0, 102.5])
+    # A fake clock read once at the start (2.0 s) and once before logging (9.5 s). (Readings
+    # less than twice apart, such as 100 and 102.5, would let ``end % start`` pass for
+    # ``end - start``.)
+    readings = iter([2.0, 9.5])
     monkeypatch.setattr(hooks, "time", SimpleNamespace(perf_counter=lambda: next(readings)))
     hook, trainer, _, log = _validation(tmp_path, images=3, batch_size=2)
     hook.validate(trainer)
     log.close()
     record = json.loads((tmp_path / "metrics.jsonl").read_text())
-    assert record["seconds"] == 2.5
+    assert record["seconds"] == 7.5
 
 
 def test_sample_captions_go_to_tensorboard_as_one_text(

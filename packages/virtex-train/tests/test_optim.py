@@ -469,3 +469,10 @@ def test_optimizer_kind_parsed_at_run_time() -> None:
     for kind, expected in (("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)):
         cfg = OptimConfig(kind=json.loads(f'"{kind}"'), lookahead=LookaheadConfig(enabled=False))
         assert type(build_optimizer(model, cfg)) is expected, kind
+    # A kind the config parser would have refused is named, never built as another kind
+    # ("adam" sorts before "adamw", "sgdx" and "zzz" after "sgd").
+    for unknown in ("adam", "sgdx", "zzz"):
+        cfg = OptimConfig(lookahead=LookaheadConfig(enabled=False))
+        cfg.kind = unknown  # type: ignore[assignment]
+        with pytest.raises(ValueError, match=f"optim.kind '{unknown}' is not one of sgd, adamw"):
+            build_optimizer(model, cfg)
