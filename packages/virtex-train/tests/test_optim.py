@@ -476,3 +476,19 @@ def test_optimizer_kind_parsed_at_run_time() -> None:
         cfg.kind = unknown  # type: ignore[assignment]
         with pytest.raises(ValueError, match=f"optim.kind '{unknown}' is not one of sgd, adamw"):
             build_optimizer(model, cfg)
+
+
+def test_no_decay_kind_comes_from_the_owning_module_only() -> None:
+    # An embedding subclass holding a projection: the projection's weight is owned by a Linear
+    # (decayed), only the table itself is an embedding's.
+    class EmbeddingWithProjection(nn.Embedding):
+        def __init__(self) -> None:
+            super().__init__(10, 4)
+            self.project = nn.Linear(4, 4)
+
+    model = EmbeddingWithProjection()
+    groups = groups_by_name(
+        build_optimizer(model, OptimConfig(lookahead=LookaheadConfig(enabled=False)))
+    )
+    assert names_in(model, groups["other"]) == {"project.weight"}
+    assert names_in(model, groups["other_no_decay"]) == {"weight", "project.bias"}
