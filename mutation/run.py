@@ -106,12 +106,15 @@ def _skip_outside(session: Path, functions: set[str], module: Path) -> tuple[int
 
 
 def _forget_survivors(session: Path) -> int:
-    """Make the surviving mutants of a finished session pending again (after adding tests: a
-    killed mutant stays killed when tests are only added)."""
+    """Make the surviving and timed-out mutants of a finished session pending again (after
+    adding tests: a killed mutant stays killed when tests are only added, but a timeout on a
+    loaded machine may be a slow survivor)."""
     import sqlite3
 
     with sqlite3.connect(session) as db:
-        cursor = db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
+        cursor = db.execute(
+            "DELETE FROM work_results WHERE test_outcome = 'SURVIVED' OR output = 'timeout'"
+        )
         return cursor.rowcount
 
 
@@ -175,7 +178,7 @@ def run_target(
             forgotten = _forget_survivors(session)
             # A session made before a skip rule existed: apply today's rules to its survivors.
             kept, skipped = _skip_outside(session, set(target["functions"]), module)
-            print(f"[{name}] re-running {kept} of the {forgotten} surviving mutants")
+            print(f"[{name}] re-running {kept} of the {forgotten} surviving or timed-out mutants")
         else:
             _cosmic_ray("init", str(config), str(session), env=env)
             kept, skipped = _skip_outside(session, set(target["functions"]), module)
@@ -200,7 +203,7 @@ def main() -> int:
     parser.add_argument(
         "--survivors",
         action="store_true",
-        help="re-run only the survivors of the last session of each target (after adding tests)",
+        help="re-run the survivors and timeouts of each target's last session (after adding tests)",
     )
     args = parser.parse_args()
     unknown = [name for name in args.names if name not in targets]
