@@ -178,7 +178,7 @@ def run_target(
             forgotten = _forget_survivors(session)
             # A session made before a skip rule existed: apply today's rules to its survivors.
             kept, skipped = _skip_outside(session, set(target["functions"]), module)
-            print(f"[{name}] re-running {kept} of the {forgotten} surviving or timed-out mutants")
+            print(f"[{name}] {forgotten} survivors or timeouts forgotten; {kept} mutants to run")
         else:
             _cosmic_ray("init", str(config), str(session), env=env)
             kept, skipped = _skip_outside(session, set(target["functions"]), module)
