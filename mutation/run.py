@@ -1,8 +1,7 @@
 """Mutation testing of the targets in targets.toml with cosmic-ray (``nox -s mutation``).
 
 For each target: write a cosmic-ray config under ``.mutation/``, ``cosmic-ray init`` the
-session, skip the mutants outside the target's functions, those inside annotations (never
-evaluated under ``from __future__ import annotations``) and those of the bitwise/shift
+session, skip the mutants outside the target's functions and those of the bitwise/shift
 operator families (on the floats and ints of these modules they only raise ``TypeError``: killed
 by any test that runs the line, so they add time, not information), check the unmutated tests
 pass (``cosmic-ray baseline``), ``cosmic-ray exec``, then print the score and every surviving
@@ -39,41 +38,61 @@ def _cosmic_ray(*args: str, env: dict[str, str]) -> None:
     subprocess.run([sys.executable, "-m", "cosmic_ray.cli", *args], check=True, env=env, cwd=ROOT)
 
 
-def _annotations(module: Path) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-    """(start, end) of every annotation of a module with postponed annotations (PEP 563): never
-    evaluated, so their mutants (``str | None`` to ``str + None``) cannot change behaviour."""
-    source = module.read_text(encoding="utf-8")
-    if "from __future__ import annotations" not in source:
-        return []
-    spans = []
-    for node in ast.walk(ast.parse(source)):
-        for annotation in (getattr(node, "annotation", None), getattr(node, "returns", None)):
-            if isinstance(annotation, ast.expr):
-                start = (annotation.lineno, annotation.col_offset)
-                spans.append((start, (annotation.end_lineno or 0, annotation.end_col_offset or 0)))
-    return spans
+def _check_imports_here(module: Path, python: str, env: dict[str, str]) -> None:
+    """Fail unless ``python`` (with ``env``) imports ``module`` from this checkout: an environment
+    whose editable installs point at another checkout would test unmutated sources, and every
+    mutant would "survive"."""
+    src = next(parent for parent in module.parents if parent.name == "src")
+    name = ".".join(module.relative_to(src).with_suffix("").parts)
+    found = subprocess.run(
+        [python, "-c", f"import importlib.util; print(importlib.util.find_spec({name!r}).origin)"],
+        check=True, env=env, cwd=ROOT, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    if Path(found).resolve() != module.resolve():
+        raise SystemExit(f"{python} imports {name} from {found}, not from {module}")
+
+
+def _in_annotation(mutation: object, module: Path, cache: dict[Path, list[ast.expr]]) -> bool:
+    """Whether the mutated operator lies inside an annotation of ``module`` and the module
+    postpones their evaluation (``from __future__ import annotations``)."""
+    if module not in cache:
+        tree = ast.parse(module.read_text(encoding="utf-8"))
+        found: list[ast.expr] = []
+        postponed = any(
+            isinstance(node, ast.ImportFrom)
+            and node.module == "__future__"
+            and any(alias.name == "annotations" for alias in node.names)
+            for node in tree.body
+        )
+        for node in ast.walk(tree) if postponed else ():
+            if isinstance(node, ast.arg | ast.AnnAssign) and node.annotation is not None:
+                found.append(node.annotation)
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.returns:
+                found.append(node.returns)
+        cache[module] = found
+    start = tuple(mutation.start_pos)  # type: ignore[attr-defined]
+    return any(
+        (a.lineno, a.col_offset) <= start <= (a.end_lineno or a.lineno, a.end_col_offset or 0)
+        for a in cache[module]
+    )
 
 
 def _skip_outside(session: Path, functions: set[str], module: Path) -> tuple[int, int]:
-    """Mark as skipped the mutants outside ``functions``, in annotations or of an excluded
-    operator."""
+    """Mark as skipped the mutants outside ``functions``, of an excluded operator or inside an
+    annotation (never evaluated under ``from __future__ import annotations``)."""
     from cosmic_ray.work_db import use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
-    annotations = _annotations(module)
     kept = skipped = 0
+    cache: dict[Path, list[ast.expr]] = {}
     with use_db(str(session)) as db:
         drop = []
         for item in db.pending_work_items:
             mutation = item.mutations[0]
-            in_annotation = any(
-                start <= tuple(mutation.start_pos) and tuple(mutation.end_pos) <= end
-                for start, end in annotations
-            )
             if (
                 mutation.definition_name in functions
-                and not in_annotation
                 and not EXCLUDED_OPERATORS.search(mutation.operator_name)
+                and not _in_annotation(mutation, module, cache)
             ):
                 kept += 1
             else:
@@ -87,12 +106,15 @@ def _skip_outside(session: Path, functions: set[str], module: Path) -> tuple[int
 
 
 def _forget_survivors(session: Path) -> int:
-    """Make the surviving mutants of a finished session pending again (after adding tests: a
-    killed mutant stays killed when tests are only added)."""
+    """Make the surviving and timed-out mutants of a finished session pending again (after
+    adding tests: a killed mutant stays killed when tests are only added, but a timeout on a
+    loaded machine may be a slow survivor)."""
     import sqlite3
 
     with sqlite3.connect(session) as db:
-        cursor = db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
+        cursor = db.execute(
+            "DELETE FROM work_results WHERE test_outcome = 'SURVIVED' OR output = 'timeout'"
+        )
         return cursor.rowcount
 
 
@@ -149,10 +171,14 @@ def run_target(
         '[cosmic-ray.distributor]\nname = "local"\n',
         encoding="utf-8",
     )
+    _check_imports_here(module, python, env)
     start = time.perf_counter()
     try:
         if survivors:
-            print(f"[{name}] re-running the {_forget_survivors(session)} surviving mutants")
+            forgotten = _forget_survivors(session)
+            # A session made before a skip rule existed: apply today's rules to its survivors.
+            kept, skipped = _skip_outside(session, set(target["functions"]), module)
+            print(f"[{name}] {forgotten} survivors or timeouts forgotten; {kept} mutants to run")
         else:
             _cosmic_ray("init", str(config), str(session), env=env)
             kept, skipped = _skip_outside(session, set(target["functions"]), module)
@@ -177,7 +203,7 @@ def main() -> int:
     parser.add_argument(
         "--survivors",
         action="store_true",
-        help="re-run only the survivors of the last session of each target (after adding tests)",
+        help="re-run the survivors and timeouts of each target's last session (after adding tests)",
     )
     args = parser.parse_args()
     unknown = [name for name in args.names if name not in targets]

@@ -16,6 +16,7 @@ from virtex_train.checkpoint import (
     CheckpointError,
     CheckpointManager,
     atomic_save,
+    atomic_write_text,
     load_checkpoint,
     package_versions,
     rng_state,
@@ -114,3 +115,90 @@ def test_package_versions_name_ours() -> None:
     assert versions["torch"] == str(torch.__version__)
     assert all(type(v) is str for v in versions.values())  # weights_only-loadable
     assert versions["virtex_train"] == "0.1.0"
+
+
+def _save_steps(manager: CheckpointManager, *steps: int) -> None:
+    for step in steps:
+        manager.save({"format_version": FORMAT_VERSION, "step": step}, step)
+
+
+def test_default_keeps_three_and_keep_last_must_be_positive(tmp_path: Path) -> None:
+    manager = CheckpointManager(tmp_path)
+    _save_steps(manager, 1, 2, 3, 4, 5)
+    assert manager.steps() == [3, 4, 5]
+    one = CheckpointManager(tmp_path / "one", keep_last=1)
+    _save_steps(one, 7, 8)
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["latest", "step_0000008.pt"]
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=f"keep_last must be at least 1, got {bad}"):
+            CheckpointManager(tmp_path, keep_last=bad)
+
+
+def test_step_files_are_named_and_listed_by_number(tmp_path: Path) -> None:
+    manager = CheckpointManager(tmp_path / "checkpoints")
+    assert manager.path_for(42) == tmp_path / "checkpoints" / "step_0000042.pt"
+    assert manager.steps() == [] and manager.latest() is None  # no folder yet
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("step_0000100.pt", "step_0000020.pt", "step_12.pt.tmp", "final.pt", "notes"):
+        (tmp_path / "checkpoints" / name).write_bytes(b"")
+    assert manager.steps() == [20, 100]  # ascending by number, other files ignored
+
+
+def test_latest_falls_back_to_the_newest_step_file(tmp_path: Path) -> None:
+    manager = CheckpointManager(tmp_path, keep_last=5)
+    _save_steps(manager, 10, 30, 20)
+    assert manager.latest() == tmp_path / "step_0000020.pt"  # what the pointer names
+    pointer = tmp_path / "latest"
+    # A pointer naming a file that is gone, an empty one: the highest step, not the last saved.
+    for text in ("step_0000040.pt\n", "", "\n"):
+        pointer.write_text(text)
+        assert manager.latest() == tmp_path / "step_0000030.pt", repr(text)
+    pointer.write_bytes(b"\xff\xfe step")
+    with pytest.raises(CheckpointError, match="latest: unreadable pointer"):
+        manager.latest()
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../x.pt", "/tmp/x.pt", "sub/step_0000010.pt"])
+def test_latest_refuses_a_pointer_outside_its_folder(tmp_path: Path, name: str) -> None:
+    manager = CheckpointManager(tmp_path / "run")
+    _save_steps(manager, 10)
+    (tmp_path / "run" / "sub").mkdir()
+    (tmp_path / "run" / "sub" / "step_0000010.pt").write_bytes(b"")
+    (tmp_path / "run" / "latest").write_text(name + "\n")
+    with pytest.raises(CheckpointError, match="outside"):
+        manager.latest()
+
+
+def test_refused_pointer_message_shows_the_first_100_characters(tmp_path: Path) -> None:
+    name = "../" + "x" * 200
+    (tmp_path / "latest").write_text(name)
+    with pytest.raises(CheckpointError) as caught:
+        CheckpointManager(tmp_path).latest()
+    assert repr(name[:100]) in str(caught.value)
+    assert name[:101] not in str(caught.value)
+
+
+def test_a_checkpoint_that_cannot_be_pruned_does_not_fail_the_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    _save_steps(manager, 1)
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    assert manager.save({"format_version": FORMAT_VERSION, "step": 2}, 2).name == "step_0000002.pt"
+    monkeypatch.undo()
+    assert manager.steps() == [1, 2]
+    assert load_checkpoint(manager.latest())["step"] == 2  # type: ignore[arg-type]
+
+
+def test_text_and_final_files(tmp_path: Path) -> None:
+    atomic_write_text(tmp_path / "note", "caf\u00e9\n")
+    assert (tmp_path / "note").read_bytes() == "caf\u00e9\n".encode()
+    manager = CheckpointManager(tmp_path)
+    _save_steps(manager, 5)
+    final = manager.finalize(tmp_path / "step_0000005.pt")
+    assert final == tmp_path / "final.pt"
+    assert load_checkpoint(final)["step"] == 5

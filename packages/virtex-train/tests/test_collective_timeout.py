@@ -14,11 +14,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
 
+from virtex_train import distributed
 from virtex_train.distributed import (
     COLLECTIVE_TIMEOUT_ENV,
     DEFAULT_COLLECTIVE_TIMEOUT_S,
+    DistEnv,
     collective_timeout,
     is_peer_failure,
 )
@@ -27,8 +30,12 @@ from virtex_train.distributed import (
 def test_timeout_comes_from_the_environment_else_the_default() -> None:
     assert collective_timeout({}).total_seconds() == DEFAULT_COLLECTIVE_TIMEOUT_S == 300
     assert collective_timeout({COLLECTIVE_TIMEOUT_ENV: "7.5"}).total_seconds() == 7.5
-    for bad in ("0", "-3", "soon", "nan"):
-        with pytest.raises(ValueError, match=f"{COLLECTIVE_TIMEOUT_ENV}='{bad}'"):
+    # Below a second and up to the limit (1e9 s) are fine.
+    for good in ("0.5", "1", "1e9"):
+        assert collective_timeout({COLLECTIVE_TIMEOUT_ENV: good}).total_seconds() == float(good)
+    # "inf" and 1e20 would overflow datetime.timedelta (an OverflowError traceback).
+    for bad in ("0", "-0.5", "-3", "soon", "nan", "inf", "1.0000001e9", "1e20"):
+        with pytest.raises(ValueError, match=f"{COLLECTIVE_TIMEOUT_ENV}='{bad}' is not a pos"):
             collective_timeout({COLLECTIVE_TIMEOUT_ENV: bad})
 
 
@@ -117,3 +124,77 @@ def test_a_stalled_peer_fails_the_collective_within_the_timeout(tmp_path: Path) 
     assert fields["peer"] == "True"
     # Not before the timeout, and not much after it (a hang would wait for the 90 s above).
     assert timeout_s - 0.1 <= float(fields["waited"]) < timeout_s + 10
+
+
+COLLECTIVES = textwrap.dedent(
+    """
+    import torch
+    import torch.distributed as dist
+    from virtex_train import distributed
+
+    env = distributed.detect_env()
+    assert distributed.setup(env, "cpu") == torch.device("cpu")
+    assert dist.get_backend() == "gloo" and dist.get_world_size() == 2
+    total = distributed.all_reduce_sum(torch.tensor([env.rank + 1.0, 10.0]))
+    largest = distributed.all_reduce_max(torch.tensor([5.0 * env.rank, -1.0 - env.rank]))
+    gathered = distributed.all_gather_objects({"rank": env.rank})
+    distributed.barrier()
+    print(f"RESULT {total.tolist()} {largest.tolist()} {gathered}", flush=True)
+    distributed.teardown()
+    assert not dist.is_initialized()
+    distributed.teardown()  # a second call is harmless
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_collectives_of_two_gloo_ranks(tmp_path: Path) -> None:
+    script = tmp_path / "collectives.py"
+    script.write_text(COLLECTIVES)
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script)],
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(sys.path),
+                "OMP_NUM_THREADS": "1",
+                "RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                COLLECTIVE_TIMEOUT_ENV: "60",
+            },  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    try:
+        outputs = [proc.communicate(timeout=100)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+    # Sums 1 + 2 and 10 + 10; maxima of (0, 5) and (-1, -2); objects in rank order.
+    expected = "RESULT [3.0, 20.0] [5.0, -1.0] [{'rank': 0}, {'rank': 1}]"
+    for proc, output in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, output
+        assert expected in output.splitlines(), output
+
+
+def test_one_process_collectives_are_the_identity() -> None:
+    assert not dist.is_initialized()
+    tensor = torch.tensor([1.5, -2.0])
+    assert distributed.all_reduce_sum(tensor) is tensor and tensor.tolist() == [1.5, -2.0]
+    assert distributed.all_reduce_max(tensor) is tensor and tensor.tolist() == [1.5, -2.0]
+    assert distributed.all_gather_objects({"a": 1}) == [{"a": 1}]
+    distributed.barrier()
+    distributed.teardown()
+    # No process group for one process; the device is the one asked for (or CUDA when there
+    # is one and none is asked for).
+    assert distributed.setup(DistEnv(), "cpu") == torch.device("cpu")
+    default = "cuda" if torch.cuda.is_available() else "cpu"
+    assert distributed.setup(DistEnv(), None).type == default
+    assert not dist.is_initialized()

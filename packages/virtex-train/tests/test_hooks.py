@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from _tiny import ToyCaptions
 
 from virtex_data.sampler import ResumableSampler
 from virtex_models import ObjectiveOutput
+from virtex_train import hooks
 from virtex_train.hooks import RunLog, ValidationHook
 from virtex_train.trainer import Trainer
 
@@ -118,3 +121,71 @@ def test_sample_captions_come_from_the_first_batch_only(tmp_path: Path) -> None:
     assert hook.last_samples == expected
     lines = (tmp_path / "samples.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == expected
+
+
+def test_validation_of_one_image_and_of_none(tmp_path: Path) -> None:
+    # One image (id 0): the loss is that image's, 0.0, not the nan of an empty split.
+    hook, trainer, _, log = _validation(tmp_path / "one", images=1, batch_size=2)
+    assert hook.validate(trainer) == 0.0
+    log.close()
+    # No batch at all (max_batches=0): nan, logged as such, and no division error.
+    hook, trainer, objective, log = _validation(tmp_path / "none", images=3, batch_size=2,
+                                                max_batches=0)  # fmt: skip
+    assert math.isnan(hook.validate(trainer))
+    log.close()
+    assert objective.modes == []
+    record = json.loads((tmp_path / "none" / "metrics.jsonl").read_text())
+    assert math.isnan(record["loss"])
+
+
+def test_validation_logs_its_duration_from_the_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fake clock read once at the start (2.0 s) and once before logging (9.5 s). (Readings
+    # less than twice apart, such as 100 and 102.5, would let ``end % start`` pass for
+    # ``end - start``.)
+    readings = iter([2.0, 9.5])
+    monkeypatch.setattr(hooks, "time", SimpleNamespace(perf_counter=lambda: next(readings)))
+    hook, trainer, _, log = _validation(tmp_path, images=3, batch_size=2)
+    hook.validate(trainer)
+    log.close()
+    record = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert record["seconds"] == 7.5
+
+
+def test_sample_captions_go_to_tensorboard_as_one_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts: list[tuple[str, str, int]] = []
+    decode = {"decode": lambda row: " ".join(str(t) for t in row)}
+    hook, trainer, _, log = _validation(tmp_path / "a", images=5, batch_size=2, num_samples=2,
+                                        **decode)  # fmt: skip
+    monkeypatch.setattr(log, "text", lambda tag, text, step: texts.append((tag, text, step)))
+    trainer.step = 3
+    hook.validate(trainer)
+    log.close()
+    first = [round(float(p) * 1000) for p in ToyCaptions(5).images[:2, 0, 0, 0]]
+    assert texts == [("val/captions", f"0: {first[0]} 7\n\n1: {first[1]} 7", 3)]
+    # Without samples, no text at all.
+    texts.clear()
+    hook, trainer, _, log = _validation(tmp_path / "b", images=5, batch_size=2, num_samples=0,
+                                        **decode)  # fmt: skip
+    monkeypatch.setattr(log, "text", lambda tag, text, step: texts.append((tag, text, step)))
+    hook.validate(trainer)
+    log.close()
+    assert texts == []
+
+
+def test_max_batches_past_the_small_integer_cache(tmp_path: Path) -> None:
+    # 300 one-image batches, 257 of them: CPython caches the ints up to 256 only, so a limit
+    # compared by identity (``index is max_batches``) instead of value would read them all.
+    # (Batches collated up front: a DataLoader takes seconds for 300 of them.)
+    data = ToyCaptions(300, size=4)
+    loader = CountingLoader([data.collate([i]) for i in range(300)])  # type: ignore[arg-type]
+    objective = ImageIdLoss()
+    trainer = Trainer(objective, torch.optim.SGD(objective.parameters(), lr=0.1), [], num_steps=0)
+    log = RunLog(tmp_path)
+    hook = ValidationHook(loader, log, every=1, max_batches=257)
+    assert hook.validate(trainer) == pytest.approx(128.0, abs=1e-9)  # ids 0..256
+    log.close()
+    assert len(objective.modes) == 257 and loader.read == 258

@@ -416,3 +416,79 @@ def test_clip_grad_norm_scales_to_max_norm_and_returns_the_norm() -> None:
     norm = clip_grad_norm([a, b], 10.0)  # below the limit: unchanged
     assert a.grad.item() == pytest.approx(0.6, rel=1e-5)
     assert clip_grad_norm([nn.Parameter(torch.zeros(1))], 1.0).item() == 0.0
+
+
+def test_lookahead_bounds_and_the_papers_defaults() -> None:
+    param = nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\], got 0.0"):
+        Lookahead(torch.optim.SGD([param], lr=1.0), alpha=0.0)
+    with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\], got 1.01"):
+        Lookahead(torch.optim.SGD([param], lr=1.0), alpha=1.01)
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        Lookahead(torch.optim.SGD([param], lr=1.0), steps=0)
+    # Zhang et al.'s defaults: k = 5, alpha = 0.5; the counter starts at 0.
+    default = Lookahead(torch.optim.SGD([param], lr=1.0))
+    assert default.state_dict()["lookahead"] == {"counter": 0, "alpha": 0.5, "steps": 5}
+    # alpha = 1 and k = 1 (both allowed): the slow weights jump to the fast ones after every
+    # step, which is the base optimiser alone. By hand: w -= 1.0 * grad, grad = 1.
+    plain = Lookahead(torch.optim.SGD([param], lr=1.0), alpha=1.0, steps=1)
+    for expected in (-1.0, -2.0, -3.0):
+        param.grad = torch.ones(2)
+        plain.step()
+        assert param.tolist() == [expected, expected]
+    assert plain.counter == 0
+
+
+def test_lookahead_state_without_base_state_and_zero_grad() -> None:
+    # Plain SGD keeps no per-parameter state: the slow weights alone travel in the state dict.
+    param = nn.Parameter(torch.tensor([4.0]))
+    optimizer = Lookahead(torch.optim.SGD([param], lr=1.0), alpha=0.5, steps=2)
+    param.grad = torch.ones(1)
+    optimizer.step()  # fast 3, slow 4, counter 1
+    state = optimizer.state_dict()
+    assert state["state"][0]["lookahead_slow"].tolist() == [4.0]
+    assert state["lookahead"]["counter"] == 1
+    optimizer.zero_grad()
+    assert param.grad is None
+    param.grad = torch.ones(1)
+    optimizer.zero_grad(set_to_none=False)
+    assert param.grad is not None and param.grad.tolist() == [0.0]
+    # Loaded into a fresh optimiser over another tensor: the next step syncs with slow = 4.
+    other = nn.Parameter(torch.tensor([3.0]))
+    resumed = Lookahead(torch.optim.SGD([other], lr=1.0), alpha=0.1, steps=7)
+    resumed.load_state_dict(state)
+    assert (resumed.alpha, resumed.steps, resumed.counter) == (0.5, 2, 1)
+    other.grad = torch.ones(1)
+    resumed.step()  # fast 2; slow 4 + 0.5 * (2 - 4) = 3
+    assert other.tolist() == [3.0]
+
+
+def test_optimizer_kind_parsed_at_run_time() -> None:
+    # A kind read from a config file is a new string object equal to the literal.
+    model = nn.Linear(2, 2)
+    for kind, expected in (("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)):
+        cfg = OptimConfig(kind=json.loads(f'"{kind}"'), lookahead=LookaheadConfig(enabled=False))
+        assert type(build_optimizer(model, cfg)) is expected, kind
+    # A kind the config parser would have refused is named, never built as another kind
+    # ("adam" sorts before "adamw", "sgdx" and "zzz" after "sgd").
+    for unknown in ("adam", "sgdx", "zzz"):
+        cfg = OptimConfig(lookahead=LookaheadConfig(enabled=False))
+        cfg.kind = unknown  # type: ignore[assignment]
+        with pytest.raises(ValueError, match=f"optim.kind '{unknown}' is not one of sgd, adamw"):
+            build_optimizer(model, cfg)
+
+
+def test_no_decay_kind_comes_from_the_owning_module_only() -> None:
+    # An embedding subclass holding a projection: the projection's weight is owned by a Linear
+    # (decayed), only the table itself is an embedding's.
+    class EmbeddingWithProjection(nn.Embedding):
+        def __init__(self) -> None:
+            super().__init__(10, 4)
+            self.project = nn.Linear(4, 4)
+
+    model = EmbeddingWithProjection()
+    groups = groups_by_name(
+        build_optimizer(model, OptimConfig(lookahead=LookaheadConfig(enabled=False)))
+    )
+    assert names_in(model, groups["other"]) == {"project.weight"}
+    assert names_in(model, groups["other_no_decay"]) == {"weight", "project.bias"}

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _tiny import ToyCaptions, toy_model
 
 from virtex_data.sampler import ResumableSampler
+from virtex_models import ObjectiveOutput
 from virtex_train.precision import resolve_precision
 from virtex_train.trainer import Hook, StepResult, Trainer
 
@@ -200,3 +201,42 @@ def test_throughput_benchmark_quick_mode_prints_its_table() -> None:
         "virtex_train best",
     ]
     assert "failed" not in done.stdout
+
+
+class LinearLoss(torch.nn.Module):
+    """Two linear layers; a batch is a plain ``(B, 2)`` tensor, the loss the summed output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+
+    def forward(self, batch: torch.Tensor) -> ObjectiveOutput:
+        return ObjectiveOutput(loss=self.second(self.first(batch)).sum())
+
+
+def test_each_step_uses_and_logs_its_own_learning_rate_per_group() -> None:
+    model = LinearLoss()
+    groups = [
+        {"params": [model.first.weight], "name": "visual", "lr": 0.2},
+        {"params": [model.first.bias], "name": "visual_no_decay", "lr": 0.2},
+        {"params": list(model.second.parameters()), "lr": 0.01},  # unnamed: "group2"
+    ]
+    optimizer = torch.optim.SGD(groups, lr=0.0)
+    factors = [1.0, 0.5, 0.25]
+    seen: list[list[float]] = []
+
+    class LrsInUse(Hook):
+        def after_step(self, trainer: Trainer, result: StepResult) -> None:
+            seen.append([g["lr"] for g in trainer.optimizer.param_groups])
+
+    record = Record()
+    Trainer(
+        model, optimizer, [torch.ones(2, 2)], num_steps=3, lr_factor=lambda step: factors[step],
+        hooks=[record, LrsInUse()], count_flops=False,
+    ).train()  # fmt: skip
+    # Update s (0-based) runs at peak * factors[s]; the "_no_decay" group logs under its pair.
+    assert [r.lrs for r in record.results] == [
+        {"lr/visual": 0.2 * f, "lr/group2": 0.01 * f} for f in factors
+    ]
+    assert seen == [[0.2 * f, 0.2 * f, 0.01 * f] for f in factors]
+    assert [g["initial_lr"] for g in optimizer.param_groups] == [0.2, 0.2, 0.01]

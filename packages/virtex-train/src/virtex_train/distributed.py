@@ -42,6 +42,8 @@ __all__ = [
 #: Seconds a collective waits for the other ranks before it fails.
 DEFAULT_COLLECTIVE_TIMEOUT_S = 300.0
 COLLECTIVE_TIMEOUT_ENV = "VIRTEX_COLLECTIVE_TIMEOUT_S"
+#: The longest timeout accepted: about 31 years, far below ``datetime.timedelta``'s limit.
+_MAX_TIMEOUT_S = 1e9
 #: Messages of gloo/NCCL errors that mean another rank stopped answering or went away.
 _PEER_FAILURE_MESSAGES = (
     "Timed out",
@@ -71,10 +73,11 @@ def collective_timeout(environ: Mapping[str, str] | None = None) -> datetime.tim
         seconds = float(text)
     except ValueError:
         seconds = -1.0
-    if not seconds > 0:
+    # ``inf`` or 1e20 would pass ``> 0`` and fail in timedelta with an OverflowError traceback.
+    if not 0 < seconds <= _MAX_TIMEOUT_S:
         raise ValueError(
             f"environment variable {COLLECTIVE_TIMEOUT_ENV}={text!r} is not a positive number "
-            "of seconds"
+            f"of seconds (at most {_MAX_TIMEOUT_S:.0f})"
         )
     return datetime.timedelta(seconds=seconds)
 
