@@ -1,9 +1,10 @@
 """The task ablation in miniature (``demo/ablation.py --preset fast``), end to end.
 
-One run of the fast preset from nothing: built-in data, five pretrainings, probes, captioning;
+One run of the fast preset from nothing: built-in data, six pretrainings, probes, captioning;
 then its outputs and what the run shows about learning. The learning thresholds sit at most at
-half the margins measured under two CPU kernel settings (demo/README.md#portability), not
-hopes; ``nox -s tests-portable`` runs this file again on the second kernel set.
+half the margins measured under two CPU kernel settings and three seeds
+(demo/README.md#portability), not hopes; ``nox -s tests-portable`` runs this file again on the
+second kernel set.
 ``random_init`` is the random ResNet-18 with BatchNorm statistics from the probe images (the
 same treatment every pretrained backbone's statistics had); the same weights with their
 initial statistics (no normalisation) are ``meta.random_init_uncalibrated``; it is not
@@ -126,8 +127,9 @@ def margins(data: dict[str, Any]) -> dict[tuple[str, str], float]:
 #: colours, so their backbones must read both better than random init.
 LANGUAGE = ("bicaptioning", "captioning", "token_classification", "masked_lm")
 #: Least margin over random init asserted, per (objective, task); ``objects`` is the mean of the
-#: three. Each is at most half the smallest margin measured under the native AVX-512 kernels
-#: (1 thread) and the AVX2 kernels (2 threads) of an AMD Zen 4 (demo/README.md#portability),
+#: three. Each is at most half the smallest margin measured in four runs on an AMD Zen 4: seeds 0
+#: and 1 under the native AVX-512 kernels, seeds 0 and 2 under the AVX2 kernels with 2 threads
+#: (demo/README.md#portability; the test runs seed 0),
 #: so that kernel and thread differences, which moved single probes by up to 0.044 there, cannot
 #: flip them; a backbone that learned nothing from its targets scores about 0 (the paper's
 #: zero-initialised residual branches at this budget: -0.07 on counting for bicaptioning).
@@ -145,7 +147,9 @@ LEAST_MARGIN: dict[tuple[str, str], float] = {
     # counts no better than random init at this budget (measured -0.01): not asserted.
     ("multilabel_classification", "largest_colour"): 0.05,
     ("multilabel_classification", "leftmost_colour"): 0.05,
-    **{(o, "objects"): 0.05 for o in ROWS[:-1]},
+    **{(o, "objects"): 0.05 for o in ROWS[:-1] if o != "multilabel_classification"},
+    # Its mean is held up by the colours alone (measured 0.080-0.103).
+    ("multilabel_classification", "objects"): 0.04,
 }
 
 
@@ -159,14 +163,18 @@ def test_pretraining_learns(ablation: dict[str, Any]) -> None:
     for objective in ROWS[:-1]:
         lines = (out / "runs" / objective / "metrics.jsonl").read_text().splitlines()
         losses = [json.loads(line)["loss"] for line in lines if '"train"' in line]
-        assert losses[-1] < 0.95 * losses[0], objective
+        # Means of the first and last five logged losses (one batch each is too noisy: the
+        # multilabel loss's last/first ratio of single batches was 0.88-0.94). Measured ratios
+        # of the means: 0.37-0.86 (token classification highest).
+        assert sum(losses[-5:]) < 0.93 * sum(losses[:5]), objective
     measured = margins(data)
     shown = {f"{o}/{t}": round(v, 3) for (o, t), v in measured.items()}
     for (objective, task), least in LEAST_MARGIN.items():
         assert measured[objective, task] > least, (objective, task, least, shown)
     # The probes read what is in the features: every backbone counts above chance (0.25), and
     # the uncalibrated random network keeps the background texture (measured 0.80, chance 0.25).
-    assert all(data[row]["num_objects"] > 0.35 for row in ROWS)
+    # Lowest measured: 0.398 (multilabel, seed 2), so half its margin over chance: 0.32.
+    assert all(data[row]["num_objects"] > 0.32 for row in ROWS)
     assert data["meta"]["random_init_uncalibrated"]["background"] > 0.6
 
 
@@ -175,19 +183,20 @@ def test_captions_use_the_image(ablation: dict[str, Any]) -> None:
     for objective in ("bicaptioning", "captioning"):
         result = captioning[objective]
         # The model's val loss is lower with the right image than with another image of the
-        # split: its predictions depend on the image (measured gaps 0.31 and 0.11).
+        # split: its predictions depend on the image (gaps measured in the four runs:
+        # bicaptioning 0.30-0.31, captioning 0.100-0.106).
         assert result["val_loss"] < result["val_loss_shuffled_images"] - 0.05, result
         # Its greedy captions name a shape or colour that is in the image more often than the
-        # same captions do for other images (measured 0.73 vs 0.58, 0.74 vs 0.61): they are
-        # about the image, not only the language prior.
-        assert result["grounded"] > result["grounded_shuffled"] + 0.05, result
-        assert result["CIDEr"] > 0.3, result  # measured 0.59, 0.61
+        # same captions do for other images (gaps measured: bicaptioning 0.058-0.186,
+        # captioning 0.112-0.132): they are about the image, not only the language prior.
+        assert result["grounded"] > result["grounded_shuffled"] + 0.025, result
+        assert result["CIDEr"] > 0.3, result  # measured 0.57-0.75
         # The quickstart's grounding check (virtex_data.synth_grounding) on this smaller
         # budget (9,600 images seen; the quickstart sees 38,400): the greedy captions name the
-        # largest object's colour more often than the shuffled captions do (measured 0.32 vs
-        # 0.14 and 0.35 vs 0.18), in varied captions (measured 44 and 49 distinct of 500).
-        assert result["largest_colour"] > result["largest_colour_shuffled"] + 0.08, result
-        assert result["distinct_captions"] >= 20, result
+        # largest object's colour more often than the shuffled captions do (gaps measured
+        # 0.144-0.322), in varied captions (measured 31-93 distinct of 500).
+        assert result["largest_colour"] > result["largest_colour_shuffled"] + 0.07, result
+        assert result["distinct_captions"] >= 15, result
 
 
 def test_grounding_checks_by_hand() -> None:
