@@ -213,3 +213,36 @@ def test_advance_before_the_first_iteration_counts_from_the_epoch_start() -> Non
 def test_default_seed_is_distributed_samplers() -> None:
     theirs = DistributedSampler(list(range(12)), 3, 1)  # type: ignore[arg-type]
     assert list(ResumableSampler(12, 3, 1)) == list(theirs)
+
+
+def test_rank_far_above_the_world_is_refused() -> None:
+    # Not only the first rank past the end (a `!=` check would pass 5 of 3).
+    with pytest.raises(ValueError, match=r"rank 5 must be in \[0, 3\)"):
+        ResumableSampler(10, 3, 5)
+
+
+def test_an_earlier_epoch_starts_from_its_beginning() -> None:
+    # A loaded position belongs to its epoch: moving back to epoch 1 (not only forward) drops it.
+    resumed, _ = _resumed(4)
+    resumed.set_epoch(1)
+    assert len(resumed) == 10
+    reference = ResumableSampler(20, 2, 1, seed=9)
+    reference.set_epoch(1)
+    assert list(resumed) == list(reference)
+
+
+def test_settings_compare_by_value_not_identity() -> None:
+    # Values past CPython's small-int cache, built at run time (as read from a checkpoint):
+    # equal but not the same objects, so an identity check would refuse the state or drop the
+    # position.
+    length, seed, epoch = int("100000"), int("123456"), int("1000")
+    original = ResumableSampler(length, 2, 0, seed=seed)
+    original.set_epoch(epoch)
+    full = original.indices()
+    state = original.state_dict()
+    state.update(length=int("100000"), seed=int("123456"), epoch=int("1000"), position=7)
+    resumed = ResumableSampler(int("100000"), 2, 0, seed=int("123456"))
+    resumed.load_state_dict(state)
+    resumed.set_epoch(int("1000"))
+    assert len(resumed) == len(full) - 7
+    assert next(iter(resumed)) == full[7]
