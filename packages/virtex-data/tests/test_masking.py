@@ -179,3 +179,72 @@ def test_procedure_read_at_run_time_is_honoured() -> None:
         inputs, labels = mask_tokens(tokens, config, MASK_ID, torch.arange(5, 9), generator)
         assert (labels == IGNORE_INDEX).all()
         assert int((inputs != tokens).sum()) == 3
+
+
+@pytest.mark.parametrize("procedure", ["original", "bernoulli"])
+@pytest.mark.parametrize("length", [0, 1, 2])
+def test_captions_without_words_are_left_alone(procedure: str, length: int) -> None:
+    # Only positions 1..n-2 can be chosen: with n <= 2 there is none, whatever the procedure.
+    tokens = torch.tensor([2, 3][:length], dtype=torch.long)
+    config = MaskingConfig(procedure=procedure)  # type: ignore[arg-type]
+    inputs, labels = mask_tokens(tokens, config, MASK_ID, torch.arange(5, 9))
+    assert torch.equal(inputs, tokens)
+    assert (labels == IGNORE_INDEX).all() and len(labels) == length
+
+
+def test_original_masks_a_single_chosen_word_whatever_the_draw() -> None:
+    # 5 words: ceil(0.15 * 5) = 1 chosen, which the original always masks (its rule for one
+    # chosen token), even with a 50% chance of [MASK] per token. "original" built at run time.
+    name = "".join(["orig", "inal"])
+    config = MaskingConfig(procedure=name, mask=0.5, random=0.3, keep=0.2)  # type: ignore[arg-type]
+    tokens = torch.tensor([2, 100, 101, 102, 103, 104, 3])
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        inputs, labels = mask_tokens(tokens, config, MASK_ID, torch.arange(5, 9), generator)
+        masked = (inputs == MASK_ID).nonzero().flatten().tolist()
+        assert len(masked) == 1 and (inputs != tokens).sum() == 1
+        assert (labels != IGNORE_INDEX).nonzero().flatten().tolist() == masked
+
+
+def test_bernoulli_single_chosen_word_follows_the_proportions() -> None:
+    # One word: BERT's procedure chooses it every time (fallback) and labels it, but masks it
+    # only with probability 0.5 (400 draws: standard deviation 0.025; bounds at 6 of them).
+    config = MaskingConfig(procedure="bernoulli", mask=0.5, random=0.3, keep=0.2)
+    tokens = torch.tensor([2, 100, 3])
+    generator = torch.Generator().manual_seed(0)
+    masked = 0
+    for _ in range(400):
+        inputs, labels = mask_tokens(tokens, config, MASK_ID, torch.arange(5, 9), generator)
+        assert labels.tolist() == [IGNORE_INDEX, 100, IGNORE_INDEX]
+        masked += int(inputs[1] == MASK_ID)
+    assert 0.35 < masked / 400 < 0.65
+
+
+def test_bernoulli_chooses_a_varying_number_of_words() -> None:
+    # 20 words, each chosen with probability 0.15 (one at least): the number labelled has mean
+    # 3 + 0.85**20 = 3.04 and standard deviation ~1.6 per caption, ~0.07 over 500 captions;
+    # the original procedure would label 3 or fewer every time.
+    config = MaskingConfig(procedure="bernoulli")
+    tokens = torch.tensor([2, *range(100, 120), 3])
+    generator = torch.Generator().manual_seed(1)
+    counts = []
+    for _ in range(500):
+        _, labels = mask_tokens(tokens, config, MASK_ID, torch.arange(5, 9), generator)
+        counts.append(int((labels != IGNORE_INDEX).sum()))
+    assert abs(sum(counts) / 500 - 3.04) < 0.45
+    assert len(set(counts)) >= 5 and max(counts) >= 6
+
+
+def test_missing_instances_message_lists_the_first_five(
+    synth_data: dict[str, Path], tokenizer: CaptionTokenizer, tmp_path: Path
+) -> None:
+    instances = json.loads(synth_data["train_instances"].read_text())
+    image_ids = LmdbReader(synth_data["train"]).image_ids
+    gone = set(image_ids[:7])
+    instances["images"] = [image for image in instances["images"] if image["id"] not in gone]
+    instances["annotations"] = [a for a in instances["annotations"] if a["image_id"] not in gone]
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(instances))
+    with pytest.raises(ValueError, match=r"has no entry for 7 image\(s\)") as error:
+        MultilabelDataset(**_parts(synth_data, tokenizer), instances=path)  # type: ignore[arg-type]
+    assert str(error.value).endswith(f"e.g. {list(image_ids[:5])}")
