@@ -60,20 +60,28 @@ def test_accumulated_step_matches_plain_pytorch() -> None:
     # The same two steps by hand: micro-batches [0:4], [4:8], loss / 2 each, clip, SGD.
     plain = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
     reference.train()
-    losses = []
+    losses, components = [], []
     for step in range(2):
         for group in plain.param_groups:
             group["lr"] = 0.1 * [1.0, 0.5][step]
         plain.zero_grad()
         total = 0.0
+        parts: dict[str, float] = {}
         for part in (range(0, 4), range(4, 8)):
-            loss = reference(data.collate(list(part))).loss / 2
+            output = reference(data.collate(list(part)))
+            loss = output.loss / 2
             loss.backward()
             total += loss.item()
+            for name, value in output.components.items():
+                parts[name] = parts.get(name, 0.0) + value.item() / 2
         torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
         plain.step()
         losses.append(total)
+        components.append(parts)
     assert [r.loss for r in record.results] == pytest.approx(losses, rel=1e-6)
+    # Each logged part of the loss is its mean over the micro-batches, like the loss.
+    for result, expected in zip(record.results, components, strict=True):
+        assert result.components == pytest.approx(expected, rel=1e-6)
     assert [r.lrs for r in record.results] == [{"lr/group0": 0.1}, {"lr/group0": 0.05}]
     assert record.results[0].images == 8
     assert set(record.results[0].components) == {"forward", "backward"}
