@@ -424,6 +424,8 @@ def test_lookahead_bounds_and_the_papers_defaults() -> None:
         Lookahead(torch.optim.SGD([param], lr=1.0), alpha=0.0)
     with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\], got 1.01"):
         Lookahead(torch.optim.SGD([param], lr=1.0), alpha=1.01)
+    with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\], got -0.5"):
+        Lookahead(torch.optim.SGD([param], lr=1.0), alpha=-0.5)
     with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
         Lookahead(torch.optim.SGD([param], lr=1.0), steps=0)
     # Zhang et al.'s defaults: k = 5, alpha = 0.5; the counter starts at 0.
