@@ -184,6 +184,20 @@ def test_rouge_l_takes_max_precision_and_max_recall_separately() -> None:
     assert score == pytest.approx(1.0)
 
 
+def test_bleu_of_an_empty_candidate_is_zero() -> None:
+    # No words: every precision is ~0 and the brevity penalty exp(1 - r / c) with c ~ 1e-15
+    # underflows to 0 (a candidate length pushed below 0 would overflow instead).
+    corpus, per_image = bleu({1: []}, {1: [["a", "cat"]]})
+    assert corpus == [0.0, 0.0, 0.0, 0.0] and per_image[1] == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_bleu_without_penalty_when_the_closest_reference_is_empty() -> None:
+    # "a" against an empty reference and "a b c": the closest reference length is 0 (distance
+    # 1 against 2), the candidate is longer, so no brevity penalty: BLEU-1 = clipped 1 / 1.
+    corpus, per_image = bleu({1: ["a"]}, {1: [[], ["a", "b", "c"]]})
+    assert corpus[0] == pytest.approx(1.0) and per_image[1][0] == pytest.approx(1.0)
+
+
 def test_empty_candidate_scores_zero() -> None:
     scores = caption_scores({1: "", 2: "a dog"}, {1: ["a cat"], 2: ["a dog"]})
     per_image = evaluate_captions({1: "", 2: "a dog"}, {1: ["a cat"], 2: ["a dog"]}).per_image
