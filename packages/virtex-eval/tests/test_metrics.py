@@ -198,6 +198,14 @@ def test_bleu_without_penalty_when_the_closest_reference_is_empty() -> None:
     assert corpus[0] == pytest.approx(1.0) and per_image[1][0] == pytest.approx(1.0)
 
 
+def test_rouge_l_an_empty_reference_recalls_nothing() -> None:
+    # "a" against "" and "a b c": precision 1 (from "a b c"), recall max(0, 1/3) = 1/3, so
+    # F = (1 + 1.2^2) * 1 * (1/3) / (1/3 + 1.2^2 * 1) = 0.4586 (pycocoevalcap: the same).
+    score, per_image = rouge_l({1: ["a"]}, {1: [[], ["a", "b", "c"]]})
+    expected = (1 + 1.2**2) * (1 / 3) / (1 / 3 + 1.2**2)
+    assert score == pytest.approx(expected) and per_image[1] == pytest.approx(0.45864661654)
+
+
 def test_empty_candidate_scores_zero() -> None:
     scores = caption_scores({1: "", 2: "a dog"}, {1: ["a cat"], 2: ["a dog"]})
     per_image = evaluate_captions({1: "", 2: "a dog"}, {1: ["a cat"], 2: ["a dog"]}).per_image
