@@ -105,16 +105,25 @@ def test_caption_length_must_leave_room_for_one_word(
     assert tokens.tolist() == [special.sos, tokenizer.encode("a large red circle")[0], special.eos]
 
 
-def test_multilabel_names_images_missing_from_the_instances(
-    synth_data: dict[str, Path], tokenizer: CaptionTokenizer, tmp_path: Path
-) -> None:
+def _instances_without_the_first(
+    count: int, synth_data: dict[str, Path], tmp_path: Path
+) -> tuple[Path, list[int]]:
+    """The train instances file without the LMDB's first ``count`` images; and the LMDB's ids."""
     instances = json.loads(synth_data["train_instances"].read_text())
-    image_ids = LmdbReader(synth_data["train"]).image_ids
-    gone = set(image_ids[:2])
+    image_ids = list(LmdbReader(synth_data["train"]).image_ids)
+    gone = set(image_ids[:count])
     instances["images"] = [image for image in instances["images"] if image["id"] not in gone]
     instances["annotations"] = [a for a in instances["annotations"] if a["image_id"] not in gone]
     path = tmp_path / "instances.json"
     path.write_text(json.dumps(instances))
+    return path, image_ids
+
+
+def test_multilabel_names_images_missing_from_the_instances(
+    synth_data: dict[str, Path], tokenizer: CaptionTokenizer, tmp_path: Path
+) -> None:
+    path, image_ids = _instances_without_the_first(2, synth_data, tmp_path)
+    gone = set(image_ids[:2])
     with pytest.raises(ValueError, match=r"has no entry for 2 image\(s\)") as error:
         MultilabelDataset(**_parts(synth_data, tokenizer), instances=path)  # type: ignore[arg-type]
     assert str(path) in str(error.value) and str(sorted(gone)[0]) in str(error.value)
@@ -238,13 +247,7 @@ def test_bernoulli_chooses_a_varying_number_of_words() -> None:
 def test_missing_instances_message_lists_the_first_five(
     synth_data: dict[str, Path], tokenizer: CaptionTokenizer, tmp_path: Path
 ) -> None:
-    instances = json.loads(synth_data["train_instances"].read_text())
-    image_ids = LmdbReader(synth_data["train"]).image_ids
-    gone = set(image_ids[:7])
-    instances["images"] = [image for image in instances["images"] if image["id"] not in gone]
-    instances["annotations"] = [a for a in instances["annotations"] if a["image_id"] not in gone]
-    path = tmp_path / "instances.json"
-    path.write_text(json.dumps(instances))
+    path, image_ids = _instances_without_the_first(7, synth_data, tmp_path)
     with pytest.raises(ValueError, match=r"has no entry for 7 image\(s\)") as error:
         MultilabelDataset(**_parts(synth_data, tokenizer), instances=path)  # type: ignore[arg-type]
-    assert str(error.value).endswith(f"e.g. {list(image_ids[:5])}")
+    assert str(error.value).endswith(f"e.g. {image_ids[:5]}")
