@@ -84,12 +84,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.timeout(120)
-def test_a_stalled_peer_fails_the_collective_within_the_timeout(tmp_path: Path) -> None:
+def _start_two_ranks(tmp_path: Path, code: str, timeout_s: float) -> list[subprocess.Popen[str]]:
+    """Ranks 0 and 1 of a 2-process job on 127.0.0.1 running ``code``, output piped."""
     script = tmp_path / "worker.py"
-    script.write_text(WORKER)
+    script.write_text(code)
     port = _free_port()
-    timeout_s = 3.0
     procs = []
     for rank in range(2):
         env = {
@@ -111,6 +110,13 @@ def test_a_stalled_peer_fails_the_collective_within_the_timeout(tmp_path: Path) 
                 text=True,
             )
         )
+    return procs
+
+
+@pytest.mark.timeout(120)
+def test_a_stalled_peer_fails_the_collective_within_the_timeout(tmp_path: Path) -> None:
+    timeout_s = 3.0
+    procs = _start_two_ranks(tmp_path, WORKER, timeout_s)
     try:
         output, _ = procs[0].communicate(timeout=90)
     finally:
@@ -149,28 +155,7 @@ COLLECTIVES = textwrap.dedent(
 
 @pytest.mark.timeout(120)
 def test_collectives_of_two_gloo_ranks(tmp_path: Path) -> None:
-    script = tmp_path / "collectives.py"
-    script.write_text(COLLECTIVES)
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script)],
-            env={
-                **os.environ,
-                "PYTHONPATH": os.pathsep.join(sys.path),
-                "OMP_NUM_THREADS": "1",
-                "RANK": str(rank),
-                "WORLD_SIZE": "2",
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(port),
-                COLLECTIVE_TIMEOUT_ENV: "60",
-            },  # fmt: skip
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(2)
-    ]
+    procs = _start_two_ranks(tmp_path, COLLECTIVES, 60.0)
     try:
         outputs = [proc.communicate(timeout=100)[0] for proc in procs]
     finally:
