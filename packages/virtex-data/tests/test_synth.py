@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 from pathlib import Path
 
@@ -193,6 +194,11 @@ def test_synth_cli(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "train").glob("*.jpg"))) == 6
     assert Image.open(next((tmp_path / "val").glob("*.jpg"))).size == (24, 24)
+    salient = tmp_path / "salient"
+    args = ["synth", str(salient), "--train", "2", "--val", "1", "--workers", "1"]
+    result = CliRunner().invoke(main, [*args, "--caption-order", "salience"])
+    assert result.exit_code == 0, result.output
+    assert _load(salient, "captions")["info"]["caption_order"] == "salience"
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools vs numpy 2
@@ -224,3 +230,51 @@ def test_instances_load_in_pycocotools_and_masks_match_pixels(synth_root: Path) 
             centre = pixels[int(cy), int(cx)].astype(int)
             close = np.abs(pixels[mask].astype(int) - centre).max(-1) < 60
             assert close.mean() >= 0.6
+
+
+def test_salience_order_names_the_largest_object_first() -> None:
+    """``order="salience"``: lists start with the largest object, the first relations have it
+    as subject, "where is what" names the two largest; words and scene are unchanged."""
+    from virtex_data.synth import Scene, SceneObject, describe
+
+    # Radii 4 < 7 < 10 px: the blue star (r 10) is the largest even though it is listed last.
+    small = SceneObject("circle", "red", "small", 10.0, 10.0, 4.0)
+    medium = SceneObject("square", "green", "medium", 50.0, 12.0, 7.0)
+    large = SceneObject("star", "blue", "large", 30.0, 45.0, 10.0)
+    scene = Scene(64, "plain", (small, medium, large))
+    assert scene.largest() is large  # the premise, from the shoelace areas
+    for seed in range(20):
+        captions = describe(scene, random.Random(seed), count=8, order="salience")  # all 8
+        for caption in captions:
+            if caption.startswith("three shapes: "):
+                assert caption == "three shapes: a blue star, a green square and a red circle"
+            elif caption.endswith(" on a plain gray background"):
+                assert caption.startswith("a blue star, a green square and a red circle")
+            elif caption.startswith("three objects, "):  # counts per colour, largest first
+                assert caption == "three objects, one blue, one green and one red"
+            elif " and " in caption:  # the two largest, largest first, with their places
+                first, second = caption.split(" and ")
+                assert re.fullmatch(r"an? (large )?blue star at the bottom", first), caption
+                assert re.fullmatch(r"an? (medium )?green square in the top right corner", second)
+            elif any(r in caption for r in (" to the left of ", " to the right of ", " above ")):
+                assert re.match(r"an? (large )?blue star ", caption), caption  # the subject
+        relations = [c for c in captions if c.startswith(("a blue", "a large blue"))]
+        assert relations, captions
+    # The default order is untouched: some seed names a smaller object first.
+    firsts = {
+        describe(scene, random.Random(seed), count=8)[k].split(" and ")[0]
+        for seed in range(20)
+        for k in range(3)
+    }
+    assert any("red circle" in first or "green square" in first for first in firsts)
+    with pytest.raises(ValueError, match="caption order"):
+        describe(scene, random.Random(0), order="size")
+
+
+def test_generate_records_a_salience_order(tmp_path: Path) -> None:
+    generate(tmp_path / "s", train=3, val=2, size=32, workers=1, caption_order="salience")
+    assert _load(tmp_path / "s", "captions")["info"]["caption_order"] == "salience"
+    generate(tmp_path / "r", train=3, val=2, size=32, workers=1)
+    assert "caption_order" not in _load(tmp_path / "r", "captions")["info"]
+    with pytest.raises(ValueError, match="caption_order"):
+        generate(tmp_path / "x", train=1, val=1, size=32, workers=1, caption_order="size")

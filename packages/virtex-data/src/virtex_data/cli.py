@@ -119,6 +119,14 @@ def build_vocab(
     help="Image file format.",
 )
 @click.option(
+    "--caption-order",
+    type=click.Choice(["random", "salience"]),
+    default="random",
+    show_default=True,
+    help="Which objects captions name first: in random order (the task ablation's data) or the "
+    "largest first (salience; the data `virtex-train pretrain` builds for the quickstart).",
+)
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Replace a previous synth dataset in OUTDIR (and its LMDB files and tokenizer.json).",
@@ -131,6 +139,7 @@ def synth(
     seed: int,
     workers: int | None,
     image_format: str,
+    caption_order: str,
     overwrite: bool,
 ) -> None:
     """Generate the built-in captioned dataset of shapes into OUTDIR.
@@ -164,6 +173,7 @@ def synth(
             seed=seed,
             workers=workers,
             image_format=image_format,
+            caption_order=caption_order,
         )
     except OSError as error:
         if error.filename is None:  # Pillow's write errors do not say which file

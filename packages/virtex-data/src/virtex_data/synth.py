@@ -37,6 +37,7 @@ from virtex_data.atomic_file import atomic_write_text
 
 __all__ = [
     "BACKGROUNDS",
+    "CAPTION_ORDERS",
     "COLOURS",
     "SHAPES",
     "SIZES",
@@ -65,6 +66,8 @@ SIZES: dict[str, float] = {"small": 0.08, "medium": 0.12, "large": 0.17}
 BACKGROUNDS: tuple[str, ...] = ("plain", "striped", "checkered", "noisy")
 _NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four"}
 _VAL_ID_OFFSET = 10**9
+#: Orders in which captions name a scene's objects (:func:`describe`).
+CAPTION_ORDERS = ("random", "salience")
 
 
 @dataclass(frozen=True)
@@ -254,9 +257,21 @@ def _background(scene: Scene) -> str:
     }[scene.background]
 
 
-def describe(scene: Scene, rng: random.Random, count: int = 5) -> list[str]:
-    """``count`` different captions of a scene (attributes, counts, relations, positions)."""
+def describe(scene: Scene, rng: random.Random, count: int = 5, order: str = "random") -> list[str]:
+    """``count`` different captions of a scene (attributes, counts, relations, positions).
+
+    ``order`` says which objects a caption names first: ``"random"`` (the default, the data of
+    the task ablation), or ``"salience"``: largest first, as people name the most salient
+    object first. Then lists of objects run from the largest down, the first relations have
+    the largest object as their subject, and "where is what" captions name the two largest
+    objects. The scene, the templates and the words are the same; only who comes first changes.
+    """
+    if order not in CAPTION_ORDERS:
+        raise ValueError(f"caption order must be one of {CAPTION_ORDERS}, got {order!r}")
+    salience = order == "salience"
     objects = list(scene.objects)
+    if salience:
+        objects.sort(key=lambda o: (o.area(), -o.cx), reverse=True)  # [0] is scene.largest()
     n = len(objects)
     templates = []
     # Counts and attributes of everything.
@@ -273,6 +288,9 @@ def describe(scene: Scene, rng: random.Random, count: int = 5) -> list[str]:
     # Relations between pairs.
     pairs = [(a, b) for a in objects for b in objects if a is not b]
     rng.shuffle(pairs)
+    if salience:  # the largest object is the subject first (the sort is stable: ties shuffled)
+        rank = {id(o): k for k, o in enumerate(objects)}
+        pairs.sort(key=lambda pair: rank[id(pair[0])])
     for a, b in pairs[:2]:
         templates.append(f"{_phrase(a, rng)} {_relation(a, b)} {_phrase(b, rng)}")
     # Largest and leftmost objects.
@@ -284,9 +302,8 @@ def describe(scene: Scene, rng: random.Random, count: int = 5) -> list[str]:
         leftmost = scene.leftmost()
         templates.append(f"the leftmost shape is {_phrase(leftmost, rng, False)}")
     # Position of up to two objects (keeps captions under ~25 words).
-    located = [
-        f"{_phrase(o, rng)} {_location(o, scene.size)}" for o in rng.sample(objects, min(n, 2))
-    ]
+    named = objects[: min(n, 2)] if salience else rng.sample(objects, min(n, 2))
+    located = [f"{_phrase(o, rng)} {_location(o, scene.size)}" for o in named]
     templates.append(_join(located))
     # Counts per colour.
     colours = Counter(o.colour for o in objects)
@@ -336,11 +353,11 @@ def _scene_rng(seed: int, split: str, index: int) -> random.Random:
     return random.Random(f"virtex-synth/{seed}/{split}/{index}")
 
 
-def _make_one(job: tuple[str, str, int, int, int, str]) -> dict[str, Any]:
-    outdir, split, index, size, seed, image_format = job
+def _make_one(job: tuple[str, str, int, int, int, str, str]) -> dict[str, Any]:
+    outdir, split, index, size, seed, image_format, order = job
     rng = _scene_rng(seed, split, index)
     scene = sample_scene(rng, size)
-    captions = describe(scene, rng)
+    captions = describe(scene, rng, order=order)
     ident = image_id(split, index)
     suffix = "jpg" if image_format == "jpeg" else "png"
     file_name = f"{ident:012d}.{suffix}"
@@ -457,6 +474,7 @@ def generate(
     workers: int | None = None,
     image_format: str = "png",
     progress: bool = True,
+    caption_order: str = "random",
 ) -> dict[str, int]:
     """Write the built-in dataset (layout in the module docstring).
 
@@ -469,6 +487,8 @@ def generate(
         workers: processes (default: all cores).
         image_format: ``"png"`` (lossless) or ``"jpeg"``.
         progress: show a tqdm bar.
+        caption_order: which objects captions name first (:func:`describe`): ``"random"``
+            or ``"salience"`` (largest first; the quickstart's data).
 
     Returns:
         Number of images per split.
@@ -477,6 +497,8 @@ def generate(
         raise ValueError(f"image_format must be 'png' or 'jpeg', got {image_format!r}")
     if size < 16:
         raise ValueError(f"size must be at least 16 pixels, got {size}")
+    if caption_order not in CAPTION_ORDERS:
+        raise ValueError(f"caption_order must be one of {CAPTION_ORDERS}, got {caption_order!r}")
     root = Path(outdir)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
@@ -485,7 +507,9 @@ def generate(
     category_ids = {c["name"]: c["id"] for c in categories}
     for split, total in counts.items():
         (root / split).mkdir(exist_ok=True)
-        jobs = [(str(root), split, i, size, seed, image_format) for i in range(total)]
+        jobs = [
+            (str(root), split, i, size, seed, image_format, caption_order) for i in range(total)
+        ]
         if workers > 1 and total > 64:
             context = multiprocessing.get_context("spawn" if os.name == "nt" else "fork")
             with context.Pool(workers) as pool:
@@ -531,7 +555,9 @@ def generate(
                     }
                 )
             probes.append({"image_id": record["id"], **record["attributes"]})
-        info = {"description": _DESCRIPTION, "seed": seed, "size": size}
+        info: dict[str, Any] = {"description": _DESCRIPTION, "seed": seed, "size": size}
+        if caption_order != "random":  # the default's files stay as they were
+            info["caption_order"] = caption_order
         _write_json(
             root / "annotations" / f"captions_{split}.json",
             {"info": info, "images": images, "annotations": captions},

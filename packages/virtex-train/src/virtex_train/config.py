@@ -350,7 +350,9 @@ def quickstart_config() -> ExperimentConfig:
             # Not the paper's zero-initialised residual branches: they learn too slowly for runs
             # this short (configs/quickstart.yaml has the measurement).
             visual=VisualConfig(name="resnet18", zero_init_residual=False),
-            textual=TextualConfig(layers=1, width=128, heads=2, ffn=512),
+            # No dropout: for runs this short it only slows learning, and on CPU drawing its
+            # masks costs about a tenth of a step (configs/quickstart.yaml).
+            textual=TextualConfig(layers=1, width=128, heads=2, ffn=512, dropout=0.0),
         ),
         # One LR for backbone and head: the paper's head LR (0.001) is made for 500k steps; in
         # 200 steps it leaves the loss near chance (docs/CONFIGS.md has the measurements).
@@ -359,6 +361,7 @@ def quickstart_config() -> ExperimentConfig:
             lr=0.2,
             schedule=ScheduleConfig(kind="cosine", warmup_steps=20),
             lookahead=LookaheadConfig(enabled=False, alpha=0.5, steps=5),
+            fused=True,  # PyTorch's one-kernel SGD step, on CPU too
         ),
         train=TrainConfig(
             num_steps=1200,

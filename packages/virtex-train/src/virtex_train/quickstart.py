@@ -25,10 +25,21 @@ from virtex_data.synth_grounding import Grounding, grounding
 from virtex_models.pretrained import load_objective
 from virtex_models.registry import get_objective
 
-__all__ = ["QUICKSTART_IMAGES", "ensure_builtin_data", "greedy_val_captions", "val_grounding"]
+__all__ = [
+    "QUICKSTART_CAPTION_ORDER",
+    "QUICKSTART_IMAGES",
+    "ensure_builtin_data",
+    "greedy_val_captions",
+    "val_grounding",
+]
 
 #: Images per split of the quickstart's built-in dataset.
 QUICKSTART_IMAGES = {"train": 5000, "val": 500}
+#: The quickstart's captions name the largest object first (``virtex_data.synth.describe``).
+#: Greedy decoding follows the most common way to start a caption; with objects named in a
+#: random order that is "a small ..." about whichever object, and the largest object's colour
+#: was named for 57-67% of val images; salience order makes the first-named object the largest.
+QUICKSTART_CAPTION_ORDER = "salience"
 
 
 def ensure_builtin_data(
@@ -38,6 +49,7 @@ def ensure_builtin_data(
     size: int = 64,
     workers: int | None = None,
     seed: int = 0,
+    caption_order: str = QUICKSTART_CAPTION_ORDER,
     echo: Callable[[str], None] = print,
 ) -> bool:
     """Create the built-in dataset behind ``data`` unless its three files exist.
@@ -48,6 +60,8 @@ def ensure_builtin_data(
 
     Args:
         seed: the scenes are a function of ``seed`` (``virtex_data.synth.generate``).
+        caption_order: which object the captions name first (``virtex_data.synth.describe``):
+            the quickstart's ``"salience"`` (largest first) or ``"random"`` (the task ablation's).
 
     Returns:
         Whether anything was built.
@@ -73,6 +87,7 @@ def ensure_builtin_data(
             size=size,
             seed=seed,
             workers=workers,
+            caption_order=caption_order,
         )
     tokenizer_path = Path(data.tokenizer)
     if not tokenizer_path.is_file():
