@@ -119,6 +119,10 @@ class CaptionedFiles:
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
 
 
+#: The ``auto``/``on``/``off`` values of the bf16 switches.
+PRECISIONS = ("auto", "on", "off")
+
+
 @dataclass(frozen=True)
 class DecodeSettings:
     """How to decode: beam search (``beam_size``; 1 = greedy) or nucleus sampling.
@@ -131,7 +135,9 @@ class DecodeSettings:
         visual_bf16: the visual forward in bf16 with ``channels_last`` inputs: ``auto``
             (default: where the device has native bf16, e.g. AVX512_BF16/AMX CPUs, CUDA),
             ``on`` or ``off`` (fp32: captions bit-identical to the fp32 model's).
-        decoder_bf16: the decoder's matrix products in bf16 too (faster, captions change more).
+        decoder_bf16: the decoder's matrix products in bf16 too (about 2x faster decoding,
+            captions change more): ``False``/``off`` (default), ``True``/``on``, or ``auto``
+            (where the device has native bf16; ``virtex-eval caption``'s default).
     """
 
     beam_size: int | None = None
@@ -139,7 +145,7 @@ class DecodeSettings:
     max_steps: int | None = None
     seed: int = 0
     visual_bf16: str = "auto"
-    decoder_bf16: bool = False
+    decoder_bf16: str | bool = False
 
     def __post_init__(self) -> None:
         if self.beam_size is not None and self.nucleus is not None:
@@ -152,6 +158,10 @@ class DecodeSettings:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.visual_bf16 not in ("auto", "on", "off"):
             raise ValueError(f"visual_bf16 must be auto, on or off, got {self.visual_bf16!r}")
+        if not isinstance(self.decoder_bf16, bool) and self.decoder_bf16 not in PRECISIONS:
+            raise ValueError(
+                f"decoder_bf16 must be auto, on, off or a bool, got {self.decoder_bf16!r}"
+            )
 
     def describe(self, objective: Captioning) -> dict[str, Any]:
         """The settings actually used (defaults resolved from the objective's decoder, bf16
@@ -162,7 +172,7 @@ class DecodeSettings:
         device = next(objective.parameters()).device
         precision = {
             "visual_bf16": resolve_bf16(self.visual_bf16, device),
-            "decoder_bf16": self.decoder_bf16,
+            "decoder_bf16": resolve_bf16(self.decoder_bf16, device),
         }
         if self.nucleus is not None:
             return {"mode": "nucleus", "top_p": self.nucleus, "max_steps": max_steps, **precision}
@@ -230,7 +240,7 @@ class Captioner:
         self._check_steps(settings)
         kwargs: dict[str, Any] = {
             "visual_bf16": settings.visual_bf16,
-            "decoder_bf16": settings.decoder_bf16,
+            "decoder_bf16": resolve_bf16(settings.decoder_bf16, self.device),
         }
         if settings.max_steps is not None:
             kwargs["max_steps"] = settings.max_steps
