@@ -70,6 +70,13 @@ def ensure_builtin_data(
         raise ValueError("the built-in data is built as data.train_lmdb, which is not set")
     targets = [Path(data.tokenizer), Path(data.train_lmdb), Path(data.val_lmdb)]
     if all(path.exists() for path in targets):
+        built = _caption_order(Path(data.val_lmdb).parent / "annotations" / "captions_val.json")
+        if built not in (None, caption_order):
+            echo(
+                f"note: {Path(data.val_lmdb).parent} was built with captions in {built} order, "
+                f"not {caption_order} (the quickstart's since this release: its greedy captions "
+                "name the largest object more often); delete the folder to rebuild it"
+            )
         return False
     counts = images or QUICKSTART_IMAGES
     root = Path(data.train_lmdb).parent
@@ -111,6 +118,17 @@ def ensure_builtin_data(
 
 def _captions(path: Path) -> Sequence[str]:
     return [entry["caption"] for entry in json.loads(path.read_text())["annotations"]]
+
+
+def _caption_order(captions: Path) -> str | None:
+    """The caption order a built-in caption file was written with (``None``: not one)."""
+    try:
+        info = json.loads(captions.read_text(encoding="utf-8")).get("info", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(info, dict) or "seed" not in info:  # not written by virtex_data.synth
+        return None
+    return str(info.get("caption_order", "random"))  # files before the option: random
 
 
 def greedy_val_captions(
