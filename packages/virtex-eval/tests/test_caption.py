@@ -286,8 +286,8 @@ def test_cli_coco_evaluation_writes_results_and_scores(tmp_path: Path) -> None:
         "mode": "beam",
         "beam_size": 2,
         "max_steps": 12,
-        "visual_bf16": resolve_bf16("auto", "cpu"),  # the command's default, resolved
-        "decoder_bf16": False,
+        "visual_bf16": resolve_bf16("auto", "cpu"),  # the command's defaults, resolved
+        "decoder_bf16": resolve_bf16("auto", "cpu"),
     }
     assert f"{metrics['CIDEr']:.4f}" in result.output and "BLEU-4" in result.output
     per_image = json.loads((tmp_path / "per_image.json").read_text())
