@@ -350,8 +350,8 @@ def quickstart_config() -> ExperimentConfig:
             # Not the paper's zero-initialised residual branches: they learn too slowly for runs
             # this short (configs/quickstart.yaml has the measurement).
             visual=VisualConfig(name="resnet18", zero_init_residual=False),
-            # No dropout: for runs this short it only slows learning, and on CPU drawing its
-            # masks costs about a tenth of a step (configs/quickstart.yaml).
+            # No dropout: a run this short does not overfit (val loss below train loss), and on
+            # CPU drawing the masks costs about 7% of a step (configs/quickstart.yaml).
             textual=TextualConfig(layers=1, width=128, heads=2, ffn=512, dropout=0.0),
         ),
         # One LR for backbone and head: the paper's head LR (0.001) is made for 500k steps; in

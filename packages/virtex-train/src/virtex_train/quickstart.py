@@ -74,8 +74,8 @@ def ensure_builtin_data(
         if built not in (None, caption_order):
             echo(
                 f"note: {Path(data.val_lmdb).parent} was built with captions in {built} order, "
-                f"not {caption_order} (the quickstart's since this release: its greedy captions "
-                "name the largest object more often); delete the folder to rebuild it"
+                f"not {caption_order}; delete the folder to rebuild it (the quickstart's data "
+                "names the largest object first since this release)"
             )
         return False
     counts = images or QUICKSTART_IMAGES
