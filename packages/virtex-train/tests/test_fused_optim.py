@@ -59,7 +59,9 @@ def test_build_optimizer_passes_the_decision_and_lookahead_wraps_it() -> None:
 
 
 def test_config_key_parses_null_true_false() -> None:
-    assert load_config(None).optim.fused is None
+    assert OptimConfig().fused is None  # auto by default
+    assert load_config(None).optim.fused is True  # the quickstart asks for it, on CPU too
+    assert load_config(None, ["optim.fused=null"]).optim.fused is None
     assert load_config(None, ["optim.fused=true"]).optim.fused is True
     assert load_config(None, ["optim.fused=false"]).optim.fused is False
 
