@@ -128,12 +128,12 @@ def test_step_averages_over_ranks_and_counts_every_rank(monkeypatch: pytest.Monk
 
 
 def test_step_seconds_come_from_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    readings = iter([10.0, 12.5])
+    readings = iter([10.0, 32.5])  # more than twice apart: 32.5 % 10 is not 32.5 - 10
     clock = types.SimpleNamespace(perf_counter=lambda: next(readings))
     monkeypatch.setattr(trainer_module, "time", clock)
     record = Record()
     _trainer(Fixed(), _two_micro_batches(), grad_accumulation=2, hooks=[record]).train()
-    assert record.results[0].seconds == pytest.approx(2.5)
+    assert record.results[0].seconds == pytest.approx(22.5)
 
 
 def test_batches_without_lengths_count_no_tokens() -> None:
@@ -267,3 +267,48 @@ def test_a_run_already_at_its_step_count_trains_no_step() -> None:
         trainer.step = step
         trainer.train()
         assert trainer.step == step and calls == ["before", "after", "close"]
+
+
+def test_ddp_synchronises_the_last_of_many_micro_batches() -> None:
+    # 300 micro-batches: past CPython's cache of small integers (-5..256), where "the last
+    # micro-batch" must be found by value, not identity.
+    loader = [Rows(torch.ones(1, 2)) for _ in range(300)]
+    trainer = _trainer(Fixed(), loader, grad_accumulation=300)
+    trainer.model = trainer._forward = SyncRecorder(trainer.objective)
+    trainer.train()
+    assert trainer.model.synced == [False] * 299 + [True]  # type: ignore[union-attr]
+
+
+def test_data_empty_from_the_start_is_an_error_after_two_passes() -> None:
+    loader = Passes([], then=[])
+    trainer = _trainer(Fixed(), loader, num_steps=1)
+    with pytest.raises(ValueError, match="yields no batch"):
+        trainer.train()
+    assert loader.started == 2
+
+
+class Gated(Fixed):
+    """``Fixed`` plus ``gate * sum(x)`` for the batches marked ``gated``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, batch: Rows) -> ObjectiveOutput:
+        output = super().forward(batch)
+        if getattr(batch, "gated", False):
+            output.loss = output.loss + self.gate * batch.x.sum()
+        return output
+
+
+def test_a_parameter_without_gradient_in_a_step_is_left_alone() -> None:
+    model = Gated()
+    gated = Rows(torch.ones(1, 2))
+    gated.gated = True  # type: ignore[attr-defined]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    Trainer(
+        model, optimizer, [gated, Rows(torch.ones(1, 2))], num_steps=2, count_flops=False
+    ).train()
+    # Step 1: the gate's gradient is sum(x) = 2, so 1 - 0.1 * 2 = 0.8. Step 2 does not use it:
+    # no gradient (not a zero one), so SGD leaves it, momentum included, at 0.8.
+    assert model.gate.item() == pytest.approx(0.8)
