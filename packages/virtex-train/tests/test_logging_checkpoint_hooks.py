@@ -102,7 +102,7 @@ def test_records_average_each_window_and_the_last_step(peaks: list[Any]) -> None
     hook.before_train(trainer)
     steps = [
         _result(1, 2.0, images=8, seconds=1.0, tokens=40),
-        _result(2, 4.0, images=8, seconds=3.0, tokens=24),
+        _result(2, 5.0, images=8, seconds=3.0, tokens=24),
         _result(3, 1.0, images=6, seconds=0.5, tokens=10),
         _result(4, 3.0, images=10, seconds=1.5, tokens=14),
         _result(5, 8.0, images=5, seconds=2.0, tokens=0),
@@ -115,7 +115,7 @@ def test_records_average_each_window_and_the_last_step(peaks: list[Any]) -> None
     # against a 4e12 peak on each of 2 ranks: MFU 4e9 / 8e12 = 5e-4.
     assert first == pytest.approx(
         {
-            "step": 2, "split": "train", "loss": 3.0, "forward": 0.75, "backward": 2.25,
+            "step": 2, "split": "train", "loss": 3.5, "forward": 0.875, "backward": 2.625,
             "lr/visual": 0.2, "lr/textual": 0.02, "images_per_s": 4.0, "tokens_per_s": 16.0,
             "model_tflops_per_s": 0.004, "peak_tflops": 4.0, "mfu": 5e-4,
         }
@@ -137,6 +137,8 @@ def test_records_average_each_window_and_the_last_step(peaks: list[Any]) -> None
         }
     )  # fmt: skip
     assert peaks == [("cpu", "fp32")]
+    # TFLOP/s are FLOP/s over exactly 10**12 (one correctly rounded division each).
+    assert (first["model_tflops_per_s"], first["peak_tflops"]) == (0.004, 4.0)
 
 
 def test_no_flop_count_or_no_peak_leaves_those_keys_out(
@@ -160,6 +162,15 @@ def test_no_flop_count_or_no_peak_leaves_those_keys_out(
     assert hook.peak_source == "unknown"
 
 
+def test_flops_per_second_are_not_rounded(peaks: list[Any]) -> None:
+    log = Log()
+    hook = LoggingHook(log, every=1, progress=False)  # type: ignore[arg-type]
+    trainer = _trainer(num_steps=1, flops=1.0)
+    hook.before_train(trainer)
+    hook.after_step(trainer, _result(1, 1.0, images=3, seconds=2.0))  # type: ignore[arg-type]
+    assert log.records[0]["model_tflops_per_s"] == pytest.approx(1.5e-12, abs=0)
+
+
 def test_a_step_of_no_measurable_time_divides_by_a_nanosecond(peaks: list[Any]) -> None:
     log = Log()
     hook = LoggingHook(log, every=1, progress=False)  # type: ignore[arg-type]
@@ -172,6 +183,17 @@ def test_a_step_of_no_measurable_time_divides_by_a_nanosecond(peaks: list[Any]) 
     assert record["model_tflops_per_s"] == pytest.approx(2e3 * 1e9 / 1e12)
 
 
+def test_the_last_step_is_found_by_value(peaks: list[Any]) -> None:
+    # 300 steps: past CPython's cache of small integers (-5..256).
+    log = Log()
+    hook = LoggingHook(log, every=1000, progress=False)  # type: ignore[arg-type]
+    trainer = _trainer(num_steps=int("300"))
+    hook.before_train(trainer)
+    for step in range(1, 301):
+        hook.after_step(trainer, _result(step, 1.0, images=1, seconds=1.0))
+    assert [r["step"] for r in log.records] == [300]
+
+
 def test_every_must_be_at_least_one() -> None:
     with pytest.raises(ValueError, match="train.log_every must be >= 1, got 0"):
         LoggingHook(Log(), every=0)  # type: ignore[arg-type]
@@ -180,16 +202,16 @@ def test_every_must_be_at_least_one() -> None:
 
 def test_the_bar_on_the_logging_rank(peaks: list[Any]) -> None:
     log = Log()
-    hook = LoggingHook(log, every=10, progress=True)  # type: ignore[arg-type]
+    hook = LoggingHook(log, every=10)  # type: ignore[arg-type]  # a bar by default
     trainer = _trainer(num_steps=9, step=3)  # resumed at step 3
     hook.before_train(trainer)
     (bar,) = Bar.made
     assert bar.kwargs == {"total": 9, "initial": 3, "desc": "pretrain", "unit": "step"}
     result = StepResult(
-        step=4, loss=1.23456, lrs={"lr/a": 0.001, "lr/b": 0.0005}, images=10, seconds=0.25
+        step=4, loss=1.23456, lrs={"lr/a": 0.001, "lr/b": 0.0005}, images=10, seconds=0.3
     )
     hook.after_step(trainer, result)  # type: ignore[arg-type]
-    assert bar.postfixes == [("loss 1.235 lr 1.00e-03 5.00e-04 40.0 img/s", False)]
+    assert bar.postfixes == [("loss 1.235 lr 1.00e-03 5.00e-04 33.3 img/s", False)]
     assert bar.updates == [1]
     hook.close()
     hook.close()  # closing twice closes the bar once
@@ -334,6 +356,18 @@ def test_non_finite_weights_are_refused_by_step(tmp_path: Path) -> None:
         hook.save(Run(num_steps=9, step=7, finite=False))  # type: ignore[arg-type]
     assert manager.saved == [] and hook.last_saved is None and hook.last_path is None
     assert hook.save(Run(num_steps=9, step=7)) == tmp_path / "saved-7"  # type: ignore[arg-type]
+
+
+def test_the_saved_step_is_compared_by_value(tmp_path: Path) -> None:
+    # A resumed run stopped before its first new step: its step, 300, equal to the one it
+    # resumed at but another int object (past CPython's small-int cache), is saved already.
+    manager = Manager(tmp_path, latest=tmp_path / "step-300")
+    hook = CheckpointHook(manager, _build, every=1000)  # type: ignore[arg-type]
+    run = Run(num_steps=1000, step=int("300"))
+    hook.before_train(run)  # type: ignore[arg-type]
+    run.step = int("300")
+    hook.after_train(run)  # type: ignore[arg-type]
+    assert manager.saved == []
 
 
 def test_checkpoint_every_must_be_at_least_one(tmp_path: Path) -> None:
