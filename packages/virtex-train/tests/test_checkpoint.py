@@ -267,3 +267,16 @@ def test_a_cuda_rng_state_is_left_alone_without_cuda(monkeypatch: pytest.MonkeyP
     expected = _draws()
     set_rng_state(state)
     assert _draws() == expected and handed == []
+
+
+@pytest.mark.gpu
+def test_cuda_rng_state_round_trips() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.cuda.manual_seed_all(7)
+    state = rng_state()
+    assert len(state["cuda"]) == torch.cuda.device_count()
+    expected = torch.rand(3, device="cuda").tolist()
+    torch.rand(3, device="cuda")
+    set_rng_state(state)
+    assert torch.rand(3, device="cuda").tolist() == expected
