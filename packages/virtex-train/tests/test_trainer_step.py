@@ -312,3 +312,41 @@ def test_a_parameter_without_gradient_in_a_step_is_left_alone() -> None:
     # Step 1: the gate's gradient is sum(x) = 2, so 1 - 0.1 * 2 = 0.8. Step 2 does not use it:
     # no gradient (not a zero one), so SGD leaves it, momentum included, at 0.8.
     assert model.gate.item() == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize(
+    ("here", "there", "expected"),
+    [
+        (None, False, None),
+        ("SIGTERM", False, "SIGTERM"),
+        (None, True, "a signal on another rank"),
+        ("SIGINT", True, "SIGINT"),
+    ],
+)
+def test_every_rank_stops_when_any_rank_was_asked(
+    here: str | None, there: bool, expected: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[float] = []
+
+    def with_other_rank(flag: torch.Tensor) -> torch.Tensor:
+        sent.append(float(flag))
+        flag += 1.0 if there else 0.0  # the other rank's flag
+        return flag
+
+    monkeypatch.setattr(trainer_module, "all_reduce_sum", with_other_rank)
+    trainer = _trainer(Fixed(), [])
+    trainer.env = DistEnv(rank=0, world_size=2)  # after the constructor: no DDP wrapper
+    if here is not None:
+        trainer.request_stop(here)
+    assert trainer._agreed_stop() == expected
+    assert sent == [0.0 if here is None else 1.0]
+
+
+def test_a_single_process_stops_on_its_own_request_without_a_collective(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(trainer_module, "all_reduce_sum", lambda flag: pytest.fail("reduced"))
+    trainer = _trainer(Fixed(), [])
+    assert trainer._agreed_stop() is None
+    trainer.request_stop("SIGTERM")
+    assert trainer._agreed_stop() == "SIGTERM"
