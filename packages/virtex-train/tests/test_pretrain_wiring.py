@@ -127,3 +127,12 @@ def test_other_ranks_take_no_lock_and_stop_when_rank_0_could_not(
     with pytest.raises(PretrainError, match="rank 0 could not take the run directory's lock"):
         _pretrain(tmp_path / "other", 4, rank=1, world=2)
     assert len(recorded.runs) == 1 and recorded.flags == [0.0, 0.0]
+
+
+def test_a_run_directory_that_cannot_be_made_is_refused_on_every_rank(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(OSError):
+        _pretrain(tmp_path / "file" / "run", 4)
+    assert recorded.runs == [] and recorded.flags == [1.0]  # told the other ranks first
