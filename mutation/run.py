@@ -26,6 +26,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = Path(__file__).with_name("targets.toml")
@@ -77,6 +78,33 @@ def _in_annotation(mutation: object, module: Path, cache: dict[Path, list[ast.ex
     )
 
 
+def _methods(module: Path) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
+    """``{"Class.method": (start, end)}``: where each method of each class of ``module`` lies."""
+    spans = {}
+    for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ClassDef):
+            for child in node.body:
+                if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                    start = (child.lineno, child.col_offset)
+                    end = (child.end_lineno or child.lineno, child.end_col_offset or 0)
+                    spans[f"{node.name}.{child.name}"] = (start, end)
+    return spans
+
+
+def _wanted(mutation: object, functions: set[str], methods: dict[str, Any]) -> bool:
+    """Whether the mutant lies in one of ``functions``: a definition name (every definition of
+    that name: cosmic-ray's ``definition_name`` is unqualified) or ``Class.method`` (that one)."""
+    name = mutation.definition_name  # type: ignore[attr-defined]
+    if name in functions:
+        return True
+    start = tuple(mutation.start_pos)  # type: ignore[attr-defined]
+    return any(
+        qualified.rsplit(".", 1)[1] == name and span[0] <= start <= span[1]
+        for qualified, span in methods.items()
+        if qualified in functions
+    )
+
+
 def _skip_outside(session: Path, functions: set[str], module: Path) -> tuple[int, int]:
     """Mark as skipped the mutants outside ``functions``, of an excluded operator or inside an
     annotation (never evaluated under ``from __future__ import annotations``)."""
@@ -85,12 +113,15 @@ def _skip_outside(session: Path, functions: set[str], module: Path) -> tuple[int
 
     kept = skipped = 0
     cache: dict[Path, list[ast.expr]] = {}
+    methods = _methods(module)
+    if unknown := {f for f in functions if "." in f and f not in methods}:
+        raise SystemExit(f"{module} has no method {sorted(unknown)}")
     with use_db(str(session)) as db:
         drop = []
         for item in db.pending_work_items:
             mutation = item.mutations[0]
             if (
-                mutation.definition_name in functions
+                _wanted(mutation, functions, methods)
                 and not EXCLUDED_OPERATORS.search(mutation.operator_name)
                 and not _in_annotation(mutation, module, cache)
             ):

@@ -202,3 +202,81 @@ def test_text_and_final_files(tmp_path: Path) -> None:
     final = manager.finalize(tmp_path / "step_0000005.pt")
     assert final == tmp_path / "final.pt"
     assert load_checkpoint(final)["step"] == 5
+
+
+# ------------------------------------------------- loading, the training layout, versions, RNG
+def test_load_refuses_an_older_or_missing_format_version(tmp_path: Path) -> None:
+    for name, content in [("old.pt", {"format_version": 0}), ("none.pt", {"step": 3})]:
+        torch.save(content, tmp_path / name)
+    with pytest.raises(CheckpointError, match=r"old.pt: format_version 0 is not 1"):
+        load_checkpoint(tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match=r"none.pt: format_version None is not 1"):
+        load_checkpoint(tmp_path / "none.pt")
+    torch.save({"format_version": 1, "step": 3}, tmp_path / "ok.pt")
+    assert load_checkpoint(tmp_path / "ok.pt") == {"format_version": 1, "step": 3}
+
+
+def test_training_checkpoint_is_the_model_the_trainer_state_and_the_versions() -> None:
+    from types import SimpleNamespace
+
+    from virtex_train.checkpoint import training_checkpoint
+
+    model = SimpleNamespace(to_dict=lambda: {"format_version": 1, "model": {"w": 1}})
+    state = {"step": 7, "optimizer": {"lr": 0.1}}
+    saved = training_checkpoint(model, state)  # type: ignore[arg-type]
+    assert saved == {
+        "format_version": 1, "model": {"w": 1}, "step": 7, "optimizer": {"lr": 0.1},
+        "versions": package_versions(),
+    }  # fmt: skip
+
+
+def test_package_versions_fall_back_to_the_installed_metadata(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib
+    import importlib.metadata
+
+    real_import, real_version = importlib.import_module, importlib.metadata.version
+
+    def import_module(name: str) -> object:
+        if name in ("torchvision", "virtex_data"):  # not importable here
+            raise ImportError(name)
+        return real_import(name)
+
+    def version(name: str) -> str:
+        if name == "virtex-data":  # nor installed
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real_version(name)
+
+    expected_torchvision = real_version("torchvision")
+    monkeypatch.setattr(importlib, "import_module", import_module)
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    versions = package_versions()
+    assert versions["torchvision"] == expected_torchvision
+    assert "virtex_data" not in versions and versions["virtex_models"] == "0.1.0"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_a_cuda_rng_state_is_left_alone_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A checkpoint of a GPU run resumed on a CPU: the CPU generators are restored, and the CUDA
+    # state is not handed to torch.cuda (which would queue it silently until a first CUDA call).
+    handed: list[object] = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", handed.append)
+    torch.manual_seed(5)
+    state = {**rng_state(), "cuda": [torch.zeros(16, dtype=torch.uint8)]}
+    expected = _draws()
+    set_rng_state(state)
+    assert _draws() == expected and handed == []
+
+
+@pytest.mark.gpu
+def test_cuda_rng_state_round_trips() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.cuda.manual_seed_all(7)
+    state = rng_state()
+    assert len(state["cuda"]) == torch.cuda.device_count()
+    expected = torch.rand(3, device="cuda").tolist()
+    torch.rand(3, device="cuda")
+    set_rng_state(state)
+    assert torch.rand(3, device="cuda").tolist() == expected
