@@ -43,6 +43,7 @@ __all__ = [
     "SIZES",
     "SceneObject",
     "Scene",
+    "built_caption_order",
     "describe",
     "clear_previous",
     "generate",
@@ -449,20 +450,34 @@ def clear_previous(outdir: str | os.PathLike[str], overwrite: bool) -> list[Path
     return ours
 
 
+def _synth_info(path: Path) -> dict[str, Any] | None:
+    """The ``info`` of a caption file this module wrote (``None``: unreadable or another's)."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8")).get("info", {})
+    except (ValueError, OSError, AttributeError):
+        return None
+    if not isinstance(info, dict) or info.get("description") != _DESCRIPTION:
+        return None
+    return info
+
+
 def _is_synth(root: Path) -> bool:
     found = False
     for split in ("train", "val"):
         path = root / "annotations" / f"captions_{split}.json"
         if not path.is_file():
             continue
-        try:
-            info = json.loads(path.read_text(encoding="utf-8")).get("info", {})
-        except (ValueError, OSError, AttributeError):
-            return False
-        if not isinstance(info, dict) or info.get("description") != _DESCRIPTION:
+        if _synth_info(path) is None:
             return False
         found = True
     return found
+
+
+def built_caption_order(root: str | os.PathLike[str]) -> str | None:
+    """The caption order of the built-in dataset in ``root`` (``None``: none there); files
+    written before the option existed are ``"random"``."""
+    info = _synth_info(Path(root) / "annotations" / "captions_val.json")
+    return None if info is None else str(info.get("caption_order", "random"))
 
 
 def generate(

@@ -156,7 +156,7 @@ class DecodeSettings:
             raise ValueError(f"nucleus must be in (0, 1], got {self.nucleus}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.visual_bf16 not in ("auto", "on", "off"):
+        if self.visual_bf16 not in PRECISIONS:
             raise ValueError(f"visual_bf16 must be auto, on or off, got {self.visual_bf16!r}")
         if not isinstance(self.decoder_bf16, bool) and self.decoder_bf16 not in PRECISIONS:
             raise ValueError(

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from virtex_data import CaptionTokenizer, DataConfig, build_dataset
 from virtex_data.lmdb_writer import build_lmdb
-from virtex_data.synth import generate
+from virtex_data.synth import built_caption_order, generate
 from virtex_data.synth_grounding import Grounding, grounding
 from virtex_models.pretrained import load_objective
 from virtex_models.registry import get_objective
@@ -70,7 +70,7 @@ def ensure_builtin_data(
         raise ValueError("the built-in data is built as data.train_lmdb, which is not set")
     targets = [Path(data.tokenizer), Path(data.train_lmdb), Path(data.val_lmdb)]
     if all(path.exists() for path in targets):
-        built = _caption_order(Path(data.val_lmdb).parent / "annotations" / "captions_val.json")
+        built = built_caption_order(Path(data.val_lmdb).parent)
         if built not in (None, caption_order):
             echo(
                 f"note: {Path(data.val_lmdb).parent} was built with captions in {built} order, "
@@ -118,17 +118,6 @@ def ensure_builtin_data(
 
 def _captions(path: Path) -> Sequence[str]:
     return [entry["caption"] for entry in json.loads(path.read_text())["annotations"]]
-
-
-def _caption_order(captions: Path) -> str | None:
-    """The caption order a built-in caption file was written with (``None``: not one)."""
-    try:
-        info = json.loads(captions.read_text(encoding="utf-8")).get("info", {})
-    except (OSError, ValueError, AttributeError):
-        return None
-    if not isinstance(info, dict) or "seed" not in info:  # not written by virtex_data.synth
-        return None
-    return str(info.get("caption_order", "random"))  # files before the option: random
 
 
 def greedy_val_captions(
